@@ -1,0 +1,74 @@
+"""The Hydra application: ``python -m esc_sweep [overrides]``.
+
+Composes the config, validates it, runs the cross-validation with tracking,
+prints the results and returns the mean validation accuracy (the objective a
+sweep maximises).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from esc_sweep.config import register_configs, validate
+from esc_sweep.errors import EscSweepError
+from esc_sweep.progress import console
+
+log = logging.getLogger("esc_sweep")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+register_configs()
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    callbacks = []
+    if cfg.tracking.enabled:
+        from esc_sweep.tracking import MlflowTracker
+
+        callbacks.append(MlflowTracker(cfg))
+    if cfg.sweep.storage and cfg.sweep.trial_number is not None:
+        from esc_sweep.sweep_reporter import TrialReporter
+
+        callbacks.append(TrialReporter(cfg))
+    return callbacks
+
+
+def run(cfg: DictConfig) -> float:
+    """Validate, cross-validate, report. Returns mean validation accuracy."""
+    from esc_sweep.report import print_results, write_results
+    from esc_sweep.safety import check_targets
+    from esc_sweep.trainer import cross_validate
+
+    validate(cfg)
+    check_targets(cfg)
+    cv = cross_validate(cfg, build_callbacks(cfg))
+    print_results(cv, console)
+    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    path = write_results(cv, output_dir)
+    log.info("results written to %s", path)
+    if cfg.trainer.final_fit:
+        from esc_sweep.bundle import final_fit
+
+        final_fit(cfg, cv, output_dir)
+    return cv.mean_val_acc
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except EscSweepError as err:
+        if _in_multirun():
+            raise  # the sweeper records the trial as failed, with this message
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)

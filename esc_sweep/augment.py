@@ -1,0 +1,110 @@
+"""Batched augmentation of log-spectrograms on the training device.
+
+Every transform draws its randomness for the whole batch at once (no per-clip
+Python loop). Inputs are decibel spectrograms [B, 1, F, T]; normalisation
+happens later, inside the model, so gain shifts survive it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esc_sweep.config import AugmentationConfig
+
+
+class RandomGain(nn.Module):
+    """Add a per-clip gain drawn uniformly from [-max_db, +max_db] decibels."""
+
+    def __init__(self, max_db: float):
+        super().__init__()
+        self.max_db = max_db
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gain = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 - 1) * self.max_db
+        return x + gain
+
+
+class RandomTimeShift(nn.Module):
+    """Circularly shift each clip in time by up to ``max_fraction`` of its length."""
+
+    def __init__(self, max_fraction: float):
+        super().__init__()
+        self.max_fraction = max_fraction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[-1]
+        max_shift = int(frames * self.max_fraction)
+        shift = torch.randint(-max_shift, max_shift + 1, (x.shape[0], 1, 1, 1), device=x.device)
+        index = (torch.arange(frames, device=x.device) - shift) % frames
+        return torch.gather(x, -1, index.expand_as(x))
+
+
+class Masking(nn.Module):
+    """SpecAugment-style masks along one axis (-2: frequency, -1: time).
+
+    Each clip gets ``count`` masks of width uniform in [0, max_width]; masked
+    cells take the clip's mean so the mask carries no energy of its own.
+    """
+
+    def __init__(self, axis: int, count: int, max_width: int):
+        super().__init__()
+        self.axis, self.count, self.max_width = axis, count, max_width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[self.axis]
+        batch = x.shape[0]
+        width = torch.randint(0, min(self.max_width, size) + 1, (batch, self.count), device=x.device)
+        start = (torch.rand(batch, self.count, device=x.device) * (size - width + 1)).long()
+        positions = torch.arange(size, device=x.device).view(1, 1, size)
+        inside = (positions >= start.unsqueeze(-1)) & (positions < (start + width).unsqueeze(-1))
+        mask = inside.any(dim=1)  # [B, size]
+        mask = mask.view(batch, 1, size, 1) if self.axis == -2 else mask.view(batch, 1, 1, size)
+        fill = x.mean(dim=(1, 2, 3), keepdim=True)
+        return torch.where(mask, fill, x)
+
+
+class Mixup(nn.Module):
+    """Mix each clip with a random partner; returns mixed inputs and soft targets."""
+
+    def __init__(self, alpha: float, prob: float = 1.0):
+        super().__init__()
+        self.alpha, self.prob = alpha, prob
+
+    def forward(self, x: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x.shape[0]
+        beta = torch.distributions.Beta(
+            torch.tensor(self.alpha, device=x.device), torch.tensor(self.alpha, device=x.device)
+        )
+        lam = beta.sample((batch,))
+        lam = torch.maximum(lam, 1 - lam)  # the clip keeps the larger share
+        apply = torch.rand(batch, device=x.device) < self.prob
+        lam = torch.where(apply, lam, torch.ones_like(lam))
+        partner = torch.randperm(batch, device=x.device)
+        x = lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[partner]
+        soft_targets = lam.view(-1, 1) * soft_targets + (1 - lam.view(-1, 1)) * soft_targets[partner]
+        return x, soft_targets
+
+
+class Augment(nn.Module):
+    """The configured augmentation chain; identity for ``augmentation=none``."""
+
+    def __init__(self, cfg: AugmentationConfig):
+        super().__init__()
+        steps: list[nn.Module] = []
+        if cfg.gain_db > 0:
+            steps.append(RandomGain(cfg.gain_db))
+        if cfg.time_shift > 0:
+            steps.append(RandomTimeShift(cfg.time_shift))
+        if cfg.freq_masks > 0 and cfg.freq_mask_width > 0:
+            steps.append(Masking(-2, cfg.freq_masks, cfg.freq_mask_width))
+        if cfg.time_masks > 0 and cfg.time_mask_width > 0:
+            steps.append(Masking(-1, cfg.time_masks, cfg.time_mask_width))
+        self.steps = nn.Sequential(*steps)
+        self.mixup = Mixup(cfg.mixup_alpha, cfg.mixup_prob) if cfg.mixup_alpha > 0 else None
+
+    def forward(self, x: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.steps(x)
+        if self.mixup is not None:
+            x, soft_targets = self.mixup(x, soft_targets)
+        return x, soft_targets

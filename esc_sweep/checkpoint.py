@@ -1,0 +1,79 @@
+"""Fold-level checkpoints so an interrupted cross-validation can resume.
+
+A run's checkpoint folder is named by a hash of everything that changes its
+results (the config minus tracking/display knobs, plus the dataset
+fingerprint). Finished folds are saved there as JSON; a rerun of the same
+command skips them. A cross-validation that completed is marked so, and the
+next identical run starts afresh instead of replaying it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from esc_sweep.results import FoldResult
+
+# Keys that do not change what a fold computes.
+_IGNORED_KEYS = ("tracking", "trainer.progress", "trainer.resume", "trainer.checkpoint_dir",
+                 "trainer.folds", "trainer.final_fit", "sweep.parent_run_id", "task_name")
+
+
+def config_key(cfg: Any, fingerprint: str) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    for dotted in _IGNORED_KEYS:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    blob = json.dumps({"config": data, "data": fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)  # atomic: a kill never leaves half a file
+
+
+class FoldCheckpoints:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _fold_path(self, fold: int) -> Path:
+        return self.directory / f"fold_{fold}.json"
+
+    def load(self, fold: int) -> FoldResult | None:
+        path = self._fold_path(fold)
+        if not path.exists():
+            return None
+        return FoldResult.from_dict(json.loads(path.read_text()))
+
+    def save(self, result: FoldResult) -> None:
+        _write_json(self._fold_path(result.fold), result.to_dict())
+
+    @property
+    def state(self) -> dict[str, Any]:
+        path = self.directory / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def update_state(self, **values: Any) -> None:
+        _write_json(self.directory / "state.json", {**self.state, **values})
+
+    def is_complete(self) -> bool:
+        return bool(self.state.get("complete"))
+
+    def mark_complete(self) -> None:
+        self.update_state(complete=True)
+
+    def reset(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)

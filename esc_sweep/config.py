@@ -1,0 +1,312 @@
+"""Structured configs: the schema of everything under ``conf/``.
+
+Hydra merges the YAML files of each config group into these dataclasses, so a
+misspelt key or a value of the wrong type fails at composition time. Value
+ranges (a positive learning rate, folds between 1 and 5, ...) are checked by
+``validate`` before any data is touched; each problem is reported with its
+dotted key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from esc_sweep.errors import ConfigError
+
+# Official ESC-50 archive. Its checksum is not published upstream, so it is
+# optional: set ``dataset.archive_sha256`` to pin the archive you trust.
+ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
+
+
+@dataclass
+class DatasetConfig:
+    # esc50: the ESC-50 layout (meta/esc50.csv + audio/); synthetic: generated,
+    # class-separable tones for quick tests; folder: your own audio (class
+    # sub-folders or a CSV).
+    kind: str = "esc50"
+    name: str = "esc50"
+    # Dataset root. Empty: $ESC50_ROOT, else the download folder below.
+    root: Optional[str] = None
+    download: bool = True
+    url: str = ESC50_URL
+    archive_sha256: Optional[str] = None
+    download_dir: Optional[str] = None  # default: ~/.cache/esc_sweep/datasets
+    cache_dir: Optional[str] = None  # decoded waveforms; default: ~/.cache/esc_sweep/waveforms
+    # "target" = 50 fine classes, "category" = the 5 major ESC-50 categories.
+    label: str = "target"
+    esc10: bool = False  # keep only the ESC-10 subset
+    classes: Optional[List[str]] = None  # keep only these class names
+    clip_seconds: float = 5.0
+    num_folds: int = 5
+    # synthetic only
+    num_classes: int = 5
+    clips_per_class: int = 20
+    synthetic_seed: int = 0
+    # folder only: a CSV with columns filename,label[,fold]; else class sub-folders
+    csv: Optional[str] = None
+
+
+@dataclass
+class FeaturesConfig:
+    kind: str = "mel"  # mel | mfcc | stft
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: Optional[int] = None  # default: n_fft
+    hop_length: int = 160
+    n_mels: int = 64
+    n_mfcc: int = 40
+    f_min: float = 0.0
+    f_max: Optional[float] = None
+    top_db: Optional[float] = 80.0
+    # dataset: per-frequency mean/std from the training folds; instance: per
+    # clip; none: raw decibels.
+    normalize: str = "dataset"
+    # Compute features once per run and augment spectrograms (fast). False
+    # recomputes them from waveforms for every batch.
+    precompute: bool = True
+
+
+@dataclass
+class ModelConfig:
+    # "baseline_cnn" or any timm model name (resnet18, efficientnet_b0, ...).
+    name: str = "baseline_cnn"
+    pretrained: bool = False
+    dropout: float = 0.2
+    drop_path: float = 0.0
+    # Start from a trained esc_sweep bundle (fine-tuning; new classifier head).
+    init_from: Optional[str] = None
+    # baseline_cnn width; ignored by timm models.
+    width: int = 32
+    # Extra keyword arguments for timm.create_model.
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentationConfig:
+    name: str = "none"
+    gain_db: float = 0.0  # random gain in [-gain_db, +gain_db] dB
+    time_shift: float = 0.0  # random circular shift, fraction of the clip
+    freq_masks: int = 0
+    freq_mask_width: int = 0
+    time_masks: int = 0
+    time_mask_width: int = 0
+    mixup_alpha: float = 0.0  # 0 disables mixup
+    mixup_prob: float = 1.0
+
+
+@dataclass
+class OptimizerConfig:
+    # adamw | sgd | adam, or a dotted torch.optim / timm.optim class path.
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    momentum: float = 0.9
+    nesterov: bool = True
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine | onecycle | none
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+    pct_start: float = 0.3  # onecycle
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on GPU; ignored on CPU
+    compile: bool = False  # torch.compile the model
+    channels_last: bool = True  # on GPU
+    seed: int = 0
+    deterministic: bool = True
+    folds: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # 0 disables
+    ema_decay: float = 0.0  # 0 disables; evaluation then uses the EMA weights
+    # Stop a fold when val accuracy has not improved for this many epochs (0: off).
+    early_stopping_patience: int = 0
+    # Measure train accuracy (eval mode, no augmentation) every N epochs; the
+    # last epoch is always measured.
+    train_eval_every: int = 1
+    num_threads: Optional[int] = None  # CPU threads; default: torch's choice
+    # Skip folds already finished by an identical, interrupted run.
+    resume: bool = True
+    checkpoint_dir: Optional[str] = None  # default: <original cwd>/outputs/checkpoints
+    # After the CV, retrain on all folds and save a model bundle.
+    final_fit: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    # Empty: $MLFLOW_TRACKING_URI, else sqlite:///<original cwd>/mlruns/mlflow.db
+    uri: Optional[str] = None
+    experiment_name: str = "esc_sweep"
+    run_name: Optional[str] = None
+    log_models: bool = False
+
+
+@dataclass
+class SweepConfig:
+    """Filled in by the esc_sweep Optuna sweeper for each trial; empty otherwise."""
+
+    study_name: Optional[str] = None
+    storage: Optional[str] = None
+    trial_number: Optional[int] = None
+    parent_run_id: Optional[str] = None
+    # Report intermediate values per epoch of the first fold as well as per fold.
+    report_epochs: bool = False
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    features: FeaturesConfig = MISSING
+    model: ModelConfig = MISSING
+    augmentation: AugmentationConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    task_name: str = "cv"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config, replace=True)
+
+
+# --------------------------------------------------------------------------
+# Value checks
+
+
+_CHOICES = {
+    "dataset.kind": ("esc50", "synthetic", "folder"),
+    "dataset.label": ("target", "category"),
+    "features.kind": ("mel", "mfcc", "stft"),
+    "features.normalize": ("dataset", "instance", "none"),
+    "scheduler.name": ("cosine", "onecycle", "none"),
+}
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else _getattr_path(cfg, key)
+
+
+def _getattr_path(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Any) -> None:
+    """Raise ConfigError naming every invalid value (all of them, not just the first)."""
+    problems: list[str] = []
+
+    def check(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            problems.append(f"{key}={_get(cfg, key)!r}: {rule}")
+
+    for key, options in _CHOICES.items():
+        check(_get(cfg, key) in options, key, f"must be one of {', '.join(options)}")
+
+    positive = [
+        "optimizer.lr",
+        "trainer.epochs",
+        "trainer.batch_size",
+        "trainer.eval_batch_size",
+        "trainer.train_eval_every",
+        "features.sample_rate",
+        "features.n_fft",
+        "features.hop_length",
+        "features.n_mels",
+        "features.n_mfcc",
+        "dataset.clip_seconds",
+        "dataset.num_folds",
+        "model.width",
+    ]
+    for key in positive:
+        value = _get(cfg, key)
+        check(value is not None and _finite(value) and value > 0, key, "must be > 0")
+
+    non_negative = [
+        "optimizer.weight_decay",
+        "augmentation.gain_db",
+        "augmentation.freq_masks",
+        "augmentation.freq_mask_width",
+        "augmentation.time_masks",
+        "augmentation.time_mask_width",
+        "augmentation.mixup_alpha",
+        "scheduler.warmup_epochs",
+        "trainer.grad_clip",
+        "trainer.early_stopping_patience",
+        "model.drop_path",
+    ]
+    for key in non_negative:
+        value = _get(cfg, key)
+        check(_finite(value) and value >= 0, key, "must be >= 0")
+
+    unit_interval = [
+        "model.dropout",
+        "augmentation.time_shift",
+        "augmentation.mixup_prob",
+        "trainer.label_smoothing",
+        "scheduler.min_lr_ratio",
+    ]
+    for key in unit_interval:
+        value = _get(cfg, key)
+        check(_finite(value) and 0 <= value <= 1, key, "must be between 0 and 1")
+    check(0 <= _get(cfg, "trainer.ema_decay") < 1, "trainer.ema_decay", "must be in [0, 1)")
+    check(0 < _get(cfg, "scheduler.pct_start") < 1, "scheduler.pct_start", "must be in (0, 1)")
+
+    num_folds = _get(cfg, "dataset.num_folds")
+    folds = list(_get(cfg, "trainer.folds") or [])
+    check(len(folds) > 0, "trainer.folds", "must name at least one fold")
+    if isinstance(num_folds, int) and num_folds > 0:
+        bad = [f for f in folds if not (isinstance(f, int) and 1 <= f <= num_folds)]
+        check(not bad, "trainer.folds", f"folds must be between 1 and {num_folds}")
+    check(len(set(folds)) == len(folds), "trainer.folds", "must not repeat a fold")
+    if _get(cfg, "dataset.kind") == "esc50":
+        check(num_folds == 5, "dataset.num_folds", "ESC-50 has exactly 5 official folds")
+    if _get(cfg, "dataset.kind") == "synthetic":
+        check(_get(cfg, "dataset.num_classes") >= 2, "dataset.num_classes", "must be >= 2")
+        check(
+            _get(cfg, "dataset.clips_per_class") >= num_folds,
+            "dataset.clips_per_class",
+            "needs at least one clip per fold",
+        )
+    device = str(_get(cfg, "trainer.device"))
+    check(
+        device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:"),
+        "trainer.device",
+        "must be auto, cpu, cuda, cuda:N or mps",
+    )
+    f_max = _get(cfg, "features.f_max")
+    nyquist = _get(cfg, "features.sample_rate") / 2
+    check(f_max is None or 0 < f_max <= nyquist, "features.f_max", f"must be in (0, {nyquist}]")
+    check(0 <= _get(cfg, "features.f_min") < (f_max or nyquist), "features.f_min", "must be in [0, f_max)")
+    win = _get(cfg, "features.win_length")
+    check(win is None or 0 < win <= _get(cfg, "features.n_fft"), "features.win_length", "must be in (0, n_fft]")
+    check(bool(str(_get(cfg, "model.name")).strip()), "model.name", "must not be empty")
+
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,29 @@
+"""Classification metrics from a confusion matrix (rows: true class, columns: predicted)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    flat = targets.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def accuracy(confusion: torch.Tensor) -> float:
+    return float(confusion.diagonal().sum() / confusion.sum().clamp_min(1))
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 over the classes present in targets or predictions."""
+    confusion = confusion.double()
+    true_pos = confusion.diagonal()
+    predicted = confusion.sum(0)
+    actual = confusion.sum(1)
+    present = (predicted + actual) > 0
+    f1 = 2 * true_pos / (predicted + actual).clamp_min(1)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    return (confusion.diagonal().double() / confusion.sum(1).clamp_min(1)).tolist()

@@ -1,0 +1,46 @@
+"""Console tables and results.json for a finished cross-validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from esc_sweep.results import CVResult
+
+
+def results_table(cv: CVResult, title: str = "Cross-validation") -> Table:
+    table = Table(title=title)
+    for column in ("fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"):
+        table.add_column(column, justify="right")
+    for f in cv.folds:
+        table.add_row(
+            str(f.fold), f"{f.val_acc:.2%}", f"{f.train_acc:.2%}", f"{f.gap:+.2%}", f"{f.val_f1:.3f}",
+            f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
+        )
+    s = cv.summary()
+    table.add_section()
+    table.add_row(
+        "mean ± std",
+        f"{s['cv_val_acc_mean']:.2%} ± {s['cv_val_acc_std']:.2%}",
+        f"{s['cv_train_acc_mean']:.2%} ± {s['cv_train_acc_std']:.2%}",
+        f"{s['cv_gap_mean']:+.2%} ± {s['cv_gap_std']:.2%}",
+        f"{s['cv_val_f1_mean']:.3f}",
+        f"{s['cv_val_loss_mean']:.3f}",
+        "",
+        f"{cv.seconds:.0f}",
+        style="bold",
+    )
+    return table
+
+
+def print_results(cv: CVResult, console: Console | None = None) -> None:
+    (console or Console()).print(results_table(cv))
+
+
+def write_results(cv: CVResult, directory: Path, extra: dict | None = None) -> Path:
+    path = Path(directory) / "results.json"
+    path.write_text(json.dumps({**cv.to_dict(), **(extra or {})}, indent=2))
+    return path

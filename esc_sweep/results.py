@@ -1,0 +1,83 @@
+"""Result records of a cross-validation, and their aggregation."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from esc_sweep import metrics
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    val_acc: float
+    val_loss: float
+    val_f1: float
+    train_acc: float
+    train_loss: float
+    epochs: int
+    seconds: float
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+
+    @property
+    def gap(self) -> float:
+        """Overfitting gap: train accuracy minus validation accuracy."""
+        return self.train_acc - self.val_acc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gap": self.gap}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FoldResult":
+        data = {k: v for k, v in data.items() if k != "gap"}
+        return cls(**data)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class CVResult:
+    folds: list[FoldResult]
+    class_names: list[str]
+    seconds: float = 0.0
+
+    @property
+    def pooled_confusion(self) -> list[list[int]]:
+        return torch.stack([torch.tensor(f.confusion) for f in self.folds]).sum(0).tolist()
+
+    def summary(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name in ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss"):
+            mean, std = _mean_std([getattr(f, name) for f in self.folds])
+            out[f"cv_{name}_mean"] = mean
+            out[f"cv_{name}_std"] = std
+        pooled = torch.tensor(self.pooled_confusion)
+        out["pooled_val_acc"] = metrics.accuracy(pooled)
+        out["pooled_val_f1"] = metrics.macro_f1(pooled)
+        return out
+
+    @property
+    def mean_val_acc(self) -> float:
+        return self.summary()["cv_val_acc_mean"]
+
+    def per_class_accuracy(self) -> dict[str, float]:
+        return dict(zip(self.class_names, metrics.per_class_accuracy(torch.tensor(self.pooled_confusion))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "folds": [f.to_dict() for f in self.folds],
+            "class_names": self.class_names,
+            "pooled_confusion": self.pooled_confusion,
+            "per_class_accuracy": self.per_class_accuracy(),
+            "seconds": self.seconds,
+        }

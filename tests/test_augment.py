@@ -1,0 +1,71 @@
+"""Augmentations act batched and do what they say."""
+
+from __future__ import annotations
+
+import torch
+
+from esc_sweep.augment import Augment, Masking, Mixup, RandomGain, RandomTimeShift
+from tests.conftest import compose_config
+
+
+def test_frequency_mask_sets_whole_rows_to_the_clip_mean():
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 32, 50) + 5
+    out = Masking(-2, count=1, max_width=10)(x)
+    changed_rows = (out != x).any(dim=-1)  # [B, 1, F]
+    assert changed_rows.any()
+    for b in range(8):
+        rows = changed_rows[b, 0].nonzero().flatten()
+        if len(rows):
+            # a contiguous band of at most 10 rows, filled with the clip's mean
+            assert rows.max() - rows.min() + 1 == len(rows) <= 10
+            assert torch.allclose(out[b, 0, rows], x[b].mean().expand(len(rows), 50))
+
+
+def test_time_mask_masks_columns_only():
+    torch.manual_seed(1)
+    x = torch.randn(4, 1, 16, 100)
+    out = Masking(-1, count=2, max_width=20)(x)
+    changed = out != x
+    # a masked column is masked in every frequency row
+    cols = changed.any(dim=2)
+    assert torch.equal(changed.all(dim=2), cols)
+    assert cols.sum(-1).max() <= 40
+
+
+def test_time_shift_is_a_circular_roll_per_clip():
+    torch.manual_seed(2)
+    x = torch.arange(20.0).view(1, 1, 1, 20).repeat(6, 1, 3, 1)
+    out = RandomTimeShift(0.5)(x)
+    for b in range(6):
+        shift = int((out[b, 0, 0, 0] - x[b, 0, 0, 0]) % 20)
+        assert torch.equal(out[b], torch.roll(x[b], -shift, dims=-1))
+
+
+def test_gain_adds_a_constant_per_clip_within_bounds():
+    x = torch.zeros(100, 1, 4, 5)
+    out = RandomGain(6.0)(x)
+    per_clip = out.view(100, -1)
+    assert torch.allclose(per_clip, per_clip[:, :1].expand_as(per_clip))
+    assert per_clip.abs().max() <= 6.0 and per_clip.std() > 1.0
+
+
+def test_mixup_keeps_target_mass_and_mixes_inputs_consistently():
+    torch.manual_seed(3)
+    x = torch.randn(16, 1, 4, 4)
+    y = torch.eye(4)[torch.randint(0, 4, (16,))]
+    mixed_x, mixed_y = Mixup(alpha=0.4)(x, y)
+    assert torch.allclose(mixed_y.sum(1), torch.ones(16))
+    assert (mixed_y.max(1).values >= 0.5 - 1e-6).all()  # each clip keeps the larger share
+    assert not torch.equal(mixed_x, x)
+
+
+def test_augmentation_none_is_identity_and_default_changes_input():
+    x = torch.randn(8, 1, 64, 101)
+    y = torch.eye(5)[torch.randint(0, 5, (8,))]
+    none = Augment(compose_config(["augmentation=none"]).augmentation)
+    out_x, out_y = none(x, y)
+    assert torch.equal(out_x, x) and torch.equal(out_y, y)
+    default = Augment(compose_config(["augmentation=default"]).augmentation)
+    out_x, _ = default(x, y)
+    assert out_x.shape == x.shape and not torch.equal(out_x, x)
