@@ -47,15 +47,18 @@ def run(cfg: DictConfig) -> float:
 
     validate(cfg)
     check_targets(cfg)
-    cv = cross_validate(cfg, build_callbacks(cfg))
-    print_results(cv, console)
+    callbacks = build_callbacks(cfg)
+    cv = cross_validate(cfg, callbacks)
+    print_results(cv)  # stdout; progress and errors go to stderr
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     path = write_results(cv, output_dir)
     log.info("results written to %s", path)
     if cfg.trainer.final_fit:
         from esc_sweep.bundle import final_fit
 
-        final_fit(cfg, cv, output_dir)
+        # The bundle is also logged to the MLflow run of this cross-validation.
+        run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
+        final_fit(cfg, cv, output_dir, run_id=run_id)
     return cv.mean_val_acc
 
 

@@ -28,6 +28,9 @@ class Callback:
     def on_cv_end(self, result: "CVResult") -> None:
         """After all folds, with aggregates."""
 
+    def on_exception(self, error: BaseException) -> None:
+        """The run stops with ``error`` (KeyboardInterrupt for Ctrl-C); it is re-raised afterwards."""
+
 
 class CallbackList(Callback):
     def __init__(self, callbacks: Iterable[Callback] = ()):
@@ -52,3 +55,7 @@ class CallbackList(Callback):
     def on_cv_end(self, result):
         for cb in self.callbacks:
             cb.on_cv_end(result)
+
+    def on_exception(self, error):
+        for cb in self.callbacks:
+            cb.on_exception(error)

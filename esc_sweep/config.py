@@ -300,6 +300,9 @@ def validate(cfg: Any) -> None:
     win = _get(cfg, "features.win_length")
     check(win is None or 0 < win <= _get(cfg, "features.n_fft"), "features.win_length", "must be in (0, n_fft]")
     check(bool(str(_get(cfg, "model.name")).strip()), "model.name", "must not be empty")
+    if _get(cfg, "features.kind") == "mfcc":
+        check(_get(cfg, "features.n_mfcc") <= _get(cfg, "features.n_mels"), "features.n_mfcc",
+              "must be <= features.n_mels")
 
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -36,25 +36,16 @@ class LogMel(nn.Module):
 
 
 class MFCC(nn.Module):
+    """DCT of the log-mel spectrogram (top_db applied per clip, unlike torchaudio.transforms.MFCC)."""
+
     def __init__(self, cfg: FeaturesConfig):
         super().__init__()
-        self.mfcc = torchaudio.transforms.MFCC(
-            sample_rate=cfg.sample_rate,
-            n_mfcc=cfg.n_mfcc,
-            log_mels=False,
-            melkwargs=dict(
-                n_fft=cfg.n_fft,
-                win_length=cfg.win_length,
-                hop_length=cfg.hop_length,
-                f_min=cfg.f_min,
-                f_max=cfg.f_max,
-                n_mels=cfg.n_mels,
-            ),
-        )
-        self.mfcc.top_db = cfg.top_db
+        self.log_mel = LogMel(cfg)
+        self.register_buffer("dct", torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho"))
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        return self.mfcc(waveforms).unsqueeze(1)
+        log_mel = self.log_mel(waveforms)  # [B, 1, n_mels, T]
+        return torch.einsum("bcft,fk->bckt", log_mel, self.dct)
 
 
 class LogSpectrogram(nn.Module):

@@ -11,28 +11,25 @@ from rich.table import Table
 from esc_sweep.results import CVResult
 
 
-def results_table(cv: CVResult, title: str = "Cross-validation") -> Table:
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)") -> Table:
     table = Table(title=title)
     for column in ("fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for f in cv.folds:
         table.add_row(
-            str(f.fold), f"{f.val_acc:.2%}", f"{f.train_acc:.2%}", f"{f.gap:+.2%}", f"{f.val_f1:.3f}",
+            str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
             f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
         )
     s = cv.summary()
     table.add_section()
-    table.add_row(
-        "mean ± std",
-        f"{s['cv_val_acc_mean']:.2%} ± {s['cv_val_acc_std']:.2%}",
-        f"{s['cv_train_acc_mean']:.2%} ± {s['cv_train_acc_std']:.2%}",
-        f"{s['cv_gap_mean']:+.2%} ± {s['cv_gap_std']:.2%}",
-        f"{s['cv_val_f1_mean']:.3f}",
-        f"{s['cv_val_loss_mean']:.3f}",
-        "",
-        f"{cv.seconds:.0f}",
-        style="bold",
-    )
+    table.add_row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
+                  f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "", f"{cv.seconds:.0f}", style="bold")
+    table.add_row("± std", _pct(s["cv_val_acc_std"]), _pct(s["cv_train_acc_std"]), _pct(s["cv_gap_std"]),
+                  f"{s['cv_val_f1_std']:.3f}", f"{s['cv_val_loss_std']:.3f}", "", "")
     return table
 
 

@@ -204,6 +204,7 @@ def train_model(
 
         # One host synchronisation per epoch.
         train_loss = float(loss_sum) / steps_per_epoch
+        train_seconds = time.perf_counter() - started
         if not torch.isfinite(torch.tensor(train_loss)):
             raise NonFiniteLossError(
                 f"fold {fold}, epoch {epoch + 1}: training loss is {train_loss}. "
@@ -221,6 +222,8 @@ def train_model(
             if "train_acc" in record:
                 record["gap"] = record["train_acc"] - val["acc"]
         record["epoch_seconds"] = time.perf_counter() - started
+        record["train_seconds"] = train_seconds
+        record["eval_seconds"] = record["epoch_seconds"] - train_seconds
         history.append(record)
         progress.end_epoch(fold, epoch, {"val_acc": float("nan"), **record})
         callbacks.on_epoch_end(fold, epoch + 1, record)
@@ -321,6 +324,19 @@ def cross_validate(cfg: DictConfig, callbacks: list[Callback] | None = None) -> 
         "feature_shape": tuple(spectrograms[torch.zeros(1, dtype=torch.long, device=device)].shape[1:]),
     })
 
+    try:
+        results = _run_folds(cfg, clips, spectrograms, targets, device, checkpoints, callbacks)
+        cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started)
+        callbacks.on_cv_end(cv)
+    except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
+        callbacks.on_exception(error)
+        raise
+    # Resuming is for interrupted runs: the next identical command starts afresh.
+    checkpoints.mark_complete()
+    return cv
+
+
+def _run_folds(cfg, clips, spectrograms, targets, device, checkpoints, callbacks) -> list[FoldResult]:
     results: list[FoldResult] = []
     with TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds)) as progress:
         for fold in cfg.trainer.folds:
@@ -334,12 +350,7 @@ def cross_validate(cfg: DictConfig, callbacks: list[Callback] | None = None) -> 
             results.append(result)
             callbacks.on_fold_end(result, resumed)
             progress.end_fold()
-
-    cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started)
-    callbacks.on_cv_end(cv)
-    # Resuming is for interrupted runs: the next identical command starts afresh.
-    checkpoints.mark_complete()
-    return cv
+    return results
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

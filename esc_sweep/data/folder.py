@@ -1,0 +1,228 @@
+"""Your own audio (``dataset.kind: folder``).
+
+Two layouts under ``dataset.root``:
+
+* class sub-folders: ``root/<class name>/**/<clip>.<ext>``;
+* a CSV (``dataset.csv``) with columns ``filename,label[,fold]``, filenames
+  relative to the root. A relative ``dataset.csv`` is looked up in the root
+  first, then in the working directory.
+
+Class names are sorted; target ``t`` is ``class_names[t]``. Without a fold
+column the clips are split into ``dataset.num_folds`` stratified folds
+(``StratifiedKFold(shuffle=True, random_state=0)`` over the sorted clip list).
+Clip ids are file paths relative to the root without the extension (unique
+even when two classes both hold ``001.wav``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from esc_sweep.data import ClipSet, _check_class_names, _fingerprint, _opt, _remap_targets, _requested_classes
+from esc_sweep.data import audio as audio_mod
+from esc_sweep.data.cache import load_waveforms
+from esc_sweep.errors import DataError
+
+
+def resolve_root(dataset: Any) -> Path:
+    root = _opt(dataset, "root", None)
+    if not root:
+        raise DataError("dataset.root is not set: point it at the folder holding your class sub-folders (dataset.kind=folder)")
+    path = Path(os.path.expandvars(os.path.expanduser(str(root))))
+    if not path.is_dir():
+        raise DataError(f"dataset root {path} does not exist or is not a folder: fix dataset.root")
+    return path
+
+
+def resolve_csv(root: Path, csv_name: str) -> Path:
+    path = Path(os.path.expandvars(os.path.expanduser(str(csv_name))))
+    if not path.is_absolute():
+        in_root = root / path
+        path = in_root if in_root.is_file() or not path.is_file() else path.resolve()
+    if not path.is_file():
+        raise DataError(f"dataset.csv {path} does not exist: give a path to a CSV with columns filename,label[,fold]")
+    return path
+
+
+def scan_subfolders(root: Path) -> list[tuple[str, str]]:
+    """``(relative path, class name)`` for every audio file under ``root/<class>/``."""
+    items: list[tuple[str, str]] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if audio_mod.is_audio_file(name):
+                    rel = Path(dirpath, name).relative_to(root).as_posix()
+                    items.append((rel, class_dir.name))
+    if not items:
+        exts = ", ".join(sorted(audio_mod.AUDIO_EXTENSIONS)[:6])
+        raise DataError(
+            f"dataset root {root} has no audio files in class sub-folders: expected {root}/<class>/<clip>.wav "
+            f"(extensions {exts}, ...), or set dataset.csv"
+        )
+    return items
+
+
+def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str, str]], Optional[list[int]]]:
+    """``(relative path, label)`` per row, and the folds when the CSV has a fold column."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in ("filename", "label") if c not in header]
+            if missing:
+                raise DataError(
+                    f"{csv_path} lacks column(s) {', '.join(missing)}: expected filename,label[,fold] "
+                    f"(found {','.join(header) or 'no header'})"
+                )
+            reader.fieldnames = header
+            raw_rows = list(reader)
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path} is not a UTF-8 text CSV: save it as UTF-8 with columns filename,label[,fold]") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
+    except csv.Error as exc:
+        raise DataError(f"{csv_path} is not a valid CSV ({exc}): expected columns filename,label[,fold]") from None
+    if not raw_rows:
+        raise DataError(f"{csv_path} lists no clips: add rows filename,label[,fold]")
+
+    has_fold = "fold" in header
+    items: list[tuple[str, str]] = []
+    folds: list[int] = []
+    seen: dict[str, int] = {}
+    for line, raw in enumerate(raw_rows, start=2):
+        filename = (raw.get("filename") or "").strip().replace("\\", "/")
+        label = (raw.get("label") or "").strip()
+        if not filename or not label:
+            raise DataError(f"{csv_path} line {line}: filename and label must not be empty")
+        if filename in seen:
+            raise DataError(f"{csv_path} lists {filename!r} twice (lines {seen[filename]} and {line}): remove the duplicate row")
+        seen[filename] = line
+        items.append((filename, label))
+        if has_fold:
+            text = (raw.get("fold") or "").strip()
+            try:
+                fold = int(float(text))
+            except ValueError:
+                raise DataError(f"{csv_path} line {line}: fold {text!r} is not an integer") from None
+            if not 1 <= fold <= num_folds:
+                raise DataError(
+                    f"{csv_path} line {line}: fold {fold} is outside 1..{num_folds}: fix the fold or set dataset.num_folds"
+                )
+            folds.append(fold)
+    return items, (folds if has_fold else None)
+
+
+def stratified_folds(labels: list[int], num_folds: int, where: str) -> list[int]:
+    """Fold (1..num_folds) per clip, stratified by label, seed 0."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts: dict[int, int] = {}
+    for t in labels:
+        counts[t] = counts.get(t, 0) + 1
+    if len(labels) < num_folds or max(counts.values()) < num_folds:
+        raise DataError(
+            f"{where}: {len(labels)} clips, at most {max(counts.values())} per class, cannot fill "
+            f"dataset.num_folds={num_folds} folds: add clips, lower num_folds or give a fold column"
+        )
+    folds = [0] * len(labels)
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=0)
+    dummy = [[0]] * len(labels)
+    for k, (_, test) in enumerate(splitter.split(dummy, labels)):
+        for i in test:
+            folds[i] = k + 1
+    return folds
+
+
+def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet:
+    root = resolve_root(dataset)
+    num_folds = int(_opt(dataset, "num_folds", 5))
+    label_mode = str(_opt(dataset, "label", "target"))
+    if label_mode != "target":
+        raise DataError(f"dataset.label={label_mode!r} is only defined for ESC-50: use dataset.label=target for kind=folder")
+    clip_seconds = float(_opt(dataset, "clip_seconds", 5.0))
+    num_samples = audio_mod.num_samples_for(clip_seconds, sample_rate)
+    csv_name = _opt(dataset, "csv", None)
+
+    if csv_name:
+        csv_path = resolve_csv(root, str(csv_name))
+        items, given_folds = read_csv(root, csv_path, num_folds)
+        where = str(csv_path)
+        missing = [rel for rel, _ in items if not (root / rel).is_file()]
+        if missing:
+            raise DataError(
+                f"{len(missing)} of {len(items)} files listed in {csv_path} are missing under {root}: "
+                f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; fix the filenames (relative to dataset.root)"
+            )
+    else:
+        items = scan_subfolders(root)
+        given_folds = None
+        where = str(root)
+
+    names = sorted({label for _, label in items})
+    raw_targets = [names.index(label) for _, label in items]
+    if given_folds is None:
+        folds_all = stratified_folds(raw_targets, num_folds, where)
+    else:
+        folds_all = given_folds
+        empty = sorted(set(range(1, num_folds + 1)) - set(folds_all))
+        if empty:
+            raise DataError(
+                f"{where}: fold(s) {empty} have no clips: every fold 1..{num_folds} needs clips "
+                f"(fix the fold column or set dataset.num_folds)"
+            )
+
+    paths = [root / rel for rel, _ in items]
+    clip_ids_all = [os.path.splitext(rel)[0] for rel, _ in items]
+    keep = list(range(len(items)))
+    requested = _requested_classes(dataset)
+    if requested is not None:
+        _check_class_names(requested, names, where)
+        wanted = set(requested)
+        keep = [i for i in keep if items[i][1] in wanted]
+    targets, class_names = _remap_targets([raw_targets[i] for i in keep], dict(enumerate(names)))
+
+    full = load_waveforms(
+        paths,
+        clip_ids_all,
+        sample_rate,
+        num_samples,
+        cache_dir=_opt(dataset, "cache_dir", None),
+        root=root,
+        prefix=f"folder-{_opt(dataset, 'name', 'folder')}",
+        description=f"Decoding {_opt(dataset, 'name', 'folder')}",
+        progress=progress,
+    )
+    index = torch.tensor(keep, dtype=torch.long)
+    waveforms = full.index_select(0, index).to(torch.float32)
+    del full
+
+    clip_ids = [clip_ids_all[i] for i in keep]
+    folds = torch.tensor([folds_all[i] for i in keep], dtype=torch.long)
+    fingerprint = _fingerprint(
+        kind="folder",
+        clip_ids=clip_ids,
+        sizes=[os.path.getsize(paths[i]) for i in keep],
+        sample_rate=sample_rate,
+        num_samples=num_samples,
+        label=label_mode,
+        classes=class_names,
+        targets=targets.tolist(),
+        folds=folds.tolist(),
+    )
+    return ClipSet(
+        waveforms=waveforms,
+        targets=targets,
+        folds=folds,
+        class_names=class_names,
+        clip_ids=clip_ids,
+        groups=list(clip_ids),
+        sample_rate=sample_rate,
+        num_folds=num_folds,
+        fingerprint=fingerprint,
+    )

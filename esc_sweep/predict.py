@@ -1,0 +1,190 @@
+"""``esc-sweep predict <bundle or MLflow run id> <files or folders...>``: tag new audio.
+
+Each file is decoded whole (any format soundfile reads, any sample rate, any
+number of channels), mixed to mono and resampled to the bundle's rate; longer
+recordings are cut into clip-length windows whose probabilities are averaged
+(see ``Bundle.predict``). The top-k labels per file are printed as a table, or
+written as JSON or CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+
+from esc_sweep.data.audio import AUDIO_EXTENSIONS, is_audio_file, read_audio, resample, to_mono
+from esc_sweep.errors import EscSweepError
+
+FORMATS = ("table", "json", "csv")
+
+
+def decode_recording(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
+    """The whole file as a float32 mono waveform at ``sample_rate`` (nothing trimmed or padded)."""
+    data, rate = read_audio(path)
+    mono = torch.from_numpy(np.ascontiguousarray(to_mono(data), dtype=np.float32))
+    return resample(mono, rate, sample_rate).contiguous()
+
+
+def collect_files(inputs: Iterable[str]) -> list[Path]:
+    """Audio files named directly or found (recursively) in the named folders, in order."""
+    files: list[Path] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and is_audio_file(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                exts = ", ".join(sorted(AUDIO_EXTENSIONS)[:6])
+                raise EscSweepError(f"folder {path} holds no audio files (looked for {exts}, ... recursively)")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise EscSweepError(f"no such file or folder: {text}")
+    return list(dict.fromkeys(files))  # a file named twice is predicted once
+
+
+def predict_files(bundle: Any, files: list[Path], top_k: int) -> list[dict[str, Any]]:
+    """One record per file: duration, number of windows, top-k labels with probabilities."""
+    from esc_sweep.progress import console
+    from rich.progress import Progress
+
+    records = []
+    with Progress(console=console, transient=True, disable=len(files) < 5) as progress:
+        task = progress.add_task("predicting", total=len(files))
+        for path in files:
+            waveform = decode_recording(path, bundle.sample_rate)
+            probabilities = bundle.predict(waveform)[0]
+            top = bundle.top_k(probabilities, top_k)
+            records.append({
+                "file": str(path),
+                "seconds": round(waveform.shape[0] / bundle.sample_rate, 3),
+                "windows": max(1, -(-waveform.shape[0] // bundle.clip_samples)),
+                "label": top[0][0],
+                "probability": top[0][1],
+                "top": [{"label": label, "probability": p} for label, p in top],
+            })
+            progress.advance(task)
+    return records
+
+
+# --------------------------------------------------------------------------
+# Output
+
+
+def render_json(bundle: Any, records: list[dict[str, Any]]) -> str:
+    document = {
+        "bundle": bundle.source,
+        "model": bundle.describe(),
+        "class_names": bundle.class_names,
+        "predictions": records,
+    }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def render_csv(records: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "rank", "label", "probability"])
+    for record in records:
+        for rank, item in enumerate(record["top"], start=1):
+            writer.writerow([record["file"], rank, item["label"], f"{item['probability']:.6f}"])
+    return out.getvalue()
+
+
+def render_table(bundle: Any, records: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title=f"Predictions ({bundle.describe()})")
+    table.add_column("file", overflow="fold")
+    table.add_column("seconds", justify="right")
+    table.add_column("label", style="bold")
+    table.add_column("prob.", justify="right")
+    table.add_column("next most likely")
+    for record in records:
+        others = " · ".join(f"{item['label']} {100 * item['probability']:.1f}%" for item in record["top"][1:])
+        table.add_row(
+            _short_path(record["file"]), f"{record['seconds']:.1f}", record["label"], f"{100 * record['probability']:.1f}%", others
+        )
+    return table
+
+
+def _short_path(path: str) -> str:
+    """``path`` relative to the working directory when inside it: tables stay narrow."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
+def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: Optional[str]) -> None:
+    from rich.console import Console
+
+    if fmt == "json":
+        text = render_json(bundle, records)
+    elif fmt == "csv":
+        text = render_csv(records)
+    else:
+        if output is None:
+            Console().print(render_table(bundle, records))
+            return
+        buffer = io.StringIO()
+        Console(file=buffer, width=160, no_color=True).print(render_table(bundle, records))
+        text = buffer.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        Path(output).expanduser().write_text(text)
+    except OSError as err:
+        raise EscSweepError(f"cannot write --output {output}: {err.strerror or err}") from None
+    from esc_sweep.progress import console
+
+    console.print(f"wrote predictions for {len(records)} file(s) to {output}")
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="esc-sweep predict",
+        description="Top-k labels for audio files with a trained model bundle.",
+    )
+    parser.add_argument("bundle", help="bundle folder (<run output dir>/bundle) or MLflow run id")
+    parser.add_argument("inputs", nargs="+", help="audio files or folders (searched recursively)")
+    parser.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
+    parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
+    parser.add_argument("--output", "-o", help="write to this file instead of the terminal")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids (default: as training)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.top_k < 1:
+        raise EscSweepError(f"--top-k {args.top_k}: must be at least 1")
+    from esc_sweep.bundle import load_bundle
+
+    files = collect_files(args.inputs)  # before loading the model: bad paths fail fast
+    bundle = load_bundle(args.bundle, device=args.device, tracking_uri=args.tracking_uri)
+    records = predict_files(bundle, files, args.top_k)
+    write_output(bundle, records, args.format, args.output)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

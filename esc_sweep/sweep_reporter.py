@@ -1,0 +1,138 @@
+"""The trial's side of an Optuna sweep: report progress, stop when pruned.
+
+The esc_optuna sweeper (hydra_plugins/esc_sweep_sweeper) creates each trial
+in a shared study storage and passes the job ``sweep.storage``,
+``sweep.study_name`` and ``sweep.trial_number``. ``TrialReporter`` is the
+trainer callback that reports the running mean validation accuracy of that
+trial after each fold (and, with ``sweep.report_epochs``, after each epoch of
+the first fold) and raises ``optuna.TrialPruned`` when the study's pruner
+says the trial is not worth finishing. The sweeper then records it as PRUNED.
+
+Steps: fold k ends at step k. With ``report_epochs`` the epochs of the first
+fold are steps 1..999 and fold k ends at step 1000*k, so every trial reports
+its folds at the same steps whatever its number of epochs (pruners compare
+trials step by step).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any, Mapping
+
+import optuna
+from omegaconf import DictConfig
+
+from esc_sweep.callbacks import Callback
+from esc_sweep.errors import ConfigError
+
+# Steps per fold when epochs are reported too (see the module docstring).
+EPOCH_STRIDE = 1000
+
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+
+# One storage (one connection pool) per URL and process: with Hydra's basic
+# launcher every trial runs in the sweeper's process.
+_STORAGES: dict[str, optuna.storages.BaseStorage] = {}
+
+
+def get_storage(url: str) -> optuna.storages.BaseStorage:
+    if url not in _STORAGES:
+        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return _STORAGES[url]
+
+
+def build_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
+    """The pruner named by the sweeper's ``pruner`` config (median by default)."""
+    spec = dict(spec or {})
+    name = spec.get("name", "median")
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=int(spec.get("n_startup_trials", 3)),
+            n_warmup_steps=int(spec.get("n_warmup_steps", 0)),
+        )
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=_resource(spec.get("min_resource", 1)),
+            reduction_factor=int(spec.get("reduction_factor", 3)),
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=_resource(spec.get("min_resource", 1)),
+            max_resource=_resource(spec.get("max_resource", "auto")),
+            reduction_factor=int(spec.get("reduction_factor", 3)),
+        )
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ConfigError(f"hydra.sweeper.pruner.name={name!r}: must be one of {', '.join(PRUNERS)}")
+
+
+def _resource(value: Any) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def _pruner_spec_from_hydra() -> Mapping[str, Any] | None:
+    """The pruner config of the sweeper that launched this job, when Hydra runs it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    sweeper = HydraConfig.get().sweeper
+    return sweeper.get("pruner") if isinstance(sweeper, DictConfig) else None
+
+
+class TrialReporter(Callback):
+    """Reports a cross-validation's progress to its Optuna trial; raises TrialPruned."""
+
+    def __init__(self, cfg: DictConfig, pruner: optuna.pruners.BasePruner | None = None):
+        sweep = cfg.sweep
+        storage = get_storage(sweep.storage)
+        self.study = optuna.load_study(
+            study_name=sweep.study_name,
+            storage=storage,
+            pruner=pruner or build_pruner(_pruner_spec_from_hydra()),
+        )
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, int(sweep.trial_number))
+        self.trial = optuna.Trial(self.study, trial_id)
+        # Optuna's pruners (and Trial.report) handle single-objective studies only.
+        self.can_prune = len(self.study.directions) == 1
+        self.report_epochs = bool(sweep.report_epochs)
+        self.first_fold = list(cfg.trainer.folds)[0]
+        self.fold_accs: list[float] = []
+        self.epochs_trained = 0
+
+    # --- callback hooks -------------------------------------------------------
+
+    def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
+        if "num_parameters" not in self.trial.user_attrs:
+            # For multi-objective searches (accuracy vs size).
+            self.trial.set_user_attr("num_parameters", int(context["num_parameters"]))
+
+    def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.epochs_trained += 1
+        if self.report_epochs and fold == self.first_fold and not self.fold_accs and epoch < EPOCH_STRIDE:
+            self._report(metrics["val_acc"], epoch, f"fold {fold}, epoch {epoch}")
+
+    def on_fold_end(self, result, resumed: bool = False) -> None:
+        self.fold_accs.append(result.val_acc)
+        if not resumed:
+            self.trial.set_user_attr("epochs_trained", self.epochs_trained)
+        folds_done = len(self.fold_accs)
+        step = folds_done * (EPOCH_STRIDE if self.report_epochs else 1)
+        self._report(statistics.fmean(self.fold_accs), step, f"{folds_done} fold(s)")
+
+    def on_exception(self, error: BaseException) -> None:
+        # Epochs spent on a fold that did not finish count too (cost accounting).
+        try:
+            self.trial.set_user_attr("epochs_trained", self.epochs_trained)
+        except Exception:  # the storage may be the reason we are failing
+            pass
+
+    # --------------------------------------------------------------------------
+
+    def _report(self, value: float, step: int, where: str) -> None:
+        if not self.can_prune:
+            return
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after {where}: mean val acc {value:.4f} at step {step}")

@@ -1,0 +1,671 @@
+"""MLflow tracking: every cross-validation leaves a complete record in MLflow.
+
+Run layout in the experiment ``tracking.experiment_name``::
+
+    study run   (sweeps only; tag esc_sweep.study=<study name>, one per Optuna study)
+    └── CV run  (one per cross-validation = one per trial; tag esc_sweep.trial=<n> in a sweep)
+        └── fold run  (one per fold; tag fold=<n>)
+
+The CV run holds the resolved config (params and config.yaml), the run's
+environment (device, library versions, dataset fingerprint, git commit), the
+aggregates over folds (``cv_val_acc_mean``, ...), the pooled confusion matrix,
+a per-class accuracy table and the learning curves of all folds. A fold run
+holds per-epoch curves (``step`` = epoch), the fold's final values, its
+confusion matrix, learning curve, ``results.json`` and, with
+``tracking.log_models=true``, the trained weights.
+
+The default store is a SQLite database in ``<cwd>/mlruns/mlflow.db`` with
+artifacts in ``<cwd>/mlruns/artifacts``; ``tracking.uri`` or
+``$MLFLOW_TRACKING_URI`` select another store or a tracking server.
+
+Everything goes through ``MlflowClient`` with explicit run ids, never the
+fluent active-run stack: several runs are open at once (CV and fold run), and
+sweeps run many trials in one process.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+
+from esc_sweep import figures
+from esc_sweep.callbacks import Callback
+from esc_sweep.errors import EscSweepError
+from esc_sweep.results import CVResult, FoldResult
+
+log = logging.getLogger("esc_sweep.tracking")
+
+# Tags that give runs their place in the layout.
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests runs by it)
+ROLE_TAG = "esc_sweep.role"  # study | cv | fold
+STUDY_TAG = "esc_sweep.study"
+TRIAL_TAG = "esc_sweep.trial"
+FOLD_TAG = "fold"
+ERROR_TAG = "esc_sweep.error"
+# Key in the fold-checkpoint state under which the CV run id survives an interruption.
+STATE_KEY = "mlflow_parent_run_id"
+
+# Config groups tagged with the option chosen for them (cfg fallback when Hydra is not running).
+_GROUP_FALLBACKS = {
+    "model": "model.name",
+    "features": "features.kind",
+    "augmentation": "augmentation.name",
+    "dataset": "dataset.name",
+    "optimizer": "optimizer.name",
+    "scheduler": "scheduler.name",
+}
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+_MAX_BATCH = 100  # MLflow's limit on params/tags per log_batch call
+
+# Which tracking URI each study run lives in, so log_study_report needs only the run id.
+_STUDY_URIS: dict[str, str] = {}
+
+
+class TrackingError(EscSweepError):
+    """The MLflow store cannot be used (wrong URI, server down, deleted experiment)."""
+
+
+# --------------------------------------------------------------------------
+# Store
+
+
+def _default_root() -> Path:
+    from esc_sweep.trainer import original_cwd
+
+    return original_cwd() / "mlruns"
+
+
+def resolve_tracking_uri(cfg: Any = None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store under ./mlruns."""
+    import os
+
+    uri = OmegaConf.select(cfg, "tracking.uri") if cfg is not None else None
+    if uri:
+        return str(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{_default_root() / 'mlflow.db'}"
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    """Artifacts of the default store live beside its database; other stores choose their own."""
+    root = _default_root()
+    if uri == f"sqlite:///{root / 'mlflow.db'}":
+        return (root / "artifacts").as_uri()
+    return None
+
+
+def _quiet_mlflow_logging() -> None:
+    # Creating a SQLite store runs ~50 alembic migrations, each logged at INFO.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when no server answers."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except requests.RequestException as err:
+        raise TrackingError(
+            f"no MLflow server answers at {uri} ({type(err).__name__}). Start it, fix tracking.uri / "
+            "$MLFLOW_TRACKING_URI, or unset both to track into ./mlruns."
+        ) from None
+
+
+def _client(uri: str) -> MlflowClient:
+    _quiet_mlflow_logging()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as err:
+        raise TrackingError(f"cannot use MLflow tracking URI {uri!r}: {err.message}") from None
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            # Another process (a parallel sweep trial) created it in the meantime.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow experiment {name!r} was deleted. Restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or set tracking.experiment_name to another name."
+        )
+    return experiment.experiment_id
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), _MAX_BATCH):
+        client.log_batch(run_id, params=items[start : start + _MAX_BATCH])
+
+
+def _log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), _MAX_BATCH):
+        client.log_batch(run_id, tags=items[start : start + _MAX_BATCH])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    now = _now_ms()
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
+    client.log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": 100})
+
+
+# --------------------------------------------------------------------------
+# Study runs (used by the esc_sweep Optuna sweeper)
+
+
+def get_or_create_study_run(cfg: Any, study_name: str) -> str:
+    """Id of the study's parent run, created on first use.
+
+    A resumed sweep (same study name, same experiment) gets the same run back,
+    so all its trials end up under one parent. The run is (re)marked RUNNING;
+    end it with ``log_study_report`` or ``end_study_run``.
+    """
+    uri = resolve_tracking_uri(cfg)
+    client = _client(uri)
+    experiment_id = _experiment_id(client, cfg.tracking.experiment_name, _default_artifact_location(uri))
+    # Compare names in Python: a study name may hold quotes the filter syntax would choke on.
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", order_by=["attributes.start_time ASC"]
+    )
+    existing = [r for r in runs if r.data.tags.get(STUDY_TAG) == study_name]
+    if existing:
+        run_id = existing[0].info.run_id
+        if existing[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+    else:
+        tags = {ROLE_TAG: "study", STUDY_TAG: study_name, **_source_tags()}
+        run_id = client.create_run(experiment_id, tags=tags, run_name=f"study-{study_name}").info.run_id
+    _STUDY_URIS[run_id] = uri
+    return run_id
+
+
+def log_study_report(
+    run_id: str,
+    figures: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    artifacts: Iterable[str | Path] = (),
+    *,
+    status: str | None = "FINISHED",
+    tracking_uri: str | None = None,
+) -> None:
+    """Log a sweep's end-of-study report to its study run, then end the run.
+
+    ``figures`` maps a name to a matplotlib Figure, saved as
+    ``figures/<name>.png``; ``metrics`` are logged as they are (e.g.
+    ``best_value``); each path in ``artifacts`` (a file or a folder) is copied
+    to the run. ``status`` ends the run (FINISHED, FAILED or KILLED); None
+    leaves it open. ``tracking_uri`` defaults to the store the run was
+    created in by ``get_or_create_study_run``.
+    """
+    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
+    for name, figure in figures.items():
+        _log_figure(client, run_id, figure, f"figures/{name}" if name.endswith(".png") else f"figures/{name}.png")
+    _log_metrics(client, run_id, metrics)
+    for path in map(Path, artifacts):
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path=path.name)
+        else:
+            client.log_artifact(run_id, str(path))
+    if status:
+        client.set_terminated(run_id, status)
+
+
+def end_study_run(run_id: str, status: str = "FINISHED", *, tracking_uri: str | None = None) -> None:
+    """End a study run without a report (e.g. KILLED when the sweep is interrupted)."""
+    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
+    client.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------
+# Params and tags
+
+
+def flatten_config(cfg: Any) -> dict[str, str]:
+    """The resolved config as ``{"optimizer.lr": "0.001", ...}``; unset ``sweep.*`` keys are left out."""
+    container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    flat: dict[str, str] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, Mapping) and value:
+                walk(value, dotted + ".")
+            elif not (dotted.startswith("sweep.") and value is None):
+                flat[dotted] = str(value)[:_MAX_PARAM_LENGTH]
+
+    walk(container, "")
+    return flat
+
+
+def group_choices(cfg: Any) -> dict[str, str]:
+    """The option chosen for each config group, e.g. {"model": "resnet18", "features": "mel", ...}."""
+    choices = {group: str(OmegaConf.select(cfg, key)) for group, key in _GROUP_FALLBACKS.items()}
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            runtime = HydraConfig.get().runtime.choices
+            choices.update({g: str(runtime[g]) for g in choices if runtime.get(g)})
+    except Exception:  # a config without Hydra's runtime section: keep the fallbacks
+        pass
+    return choices
+
+
+def _hydra_overrides() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return " ".join(HydraConfig.get().overrides.task)
+    except Exception:
+        pass
+    return None
+
+
+def git_commit(*directories: Path) -> str | None:
+    """HEAD of the first directory that is in a git repository; None without git or a repo."""
+    for directory in directories:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
+
+
+def _source_tags() -> dict[str, str]:
+    tags = {"mlflow.source.name": "esc_sweep", "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # no user name in some containers
+        pass
+    return tags
+
+
+def _environment_params(context: Mapping[str, Any]) -> dict[str, str]:
+    import timm
+    import torchaudio
+
+    from esc_sweep.trainer import original_cwd
+
+    device = context["device"]
+    clips = context["clips"]
+    params = {
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "torchaudio_version": torchaudio.__version__,
+        "timm_version": timm.__version__,
+        "mlflow_version": mlflow.__version__,
+        "python_version": platform.python_version(),
+        "dataset_fingerprint": str(clips.fingerprint),
+        "num_clips": str(len(clips.targets)),
+        "num_classes": str(len(clips.class_names)),
+    }
+    if context.get("feature_shape"):
+        params["feature_shape"] = "x".join(map(str, context["feature_shape"]))
+    if getattr(device, "type", None) == "cuda":
+        params["device_name"] = torch.cuda.get_device_name(device)
+    # The user's project first; else the esc_sweep checkout that is running.
+    commit = git_commit(original_cwd(), Path(__file__).resolve().parent)
+    if commit:
+        params["git_commit"] = commit
+    return params
+
+
+def _numeric(values: Mapping[str, Any], skip: Iterable[str] = ("epoch",)) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# --------------------------------------------------------------------------
+# The callback
+
+
+class MlflowTracker(Callback):
+    """Logs a cross-validation to MLflow: one CV run, one child run per fold.
+
+    After ``on_cv_start``, ``parent_run_id`` is the CV run's id and ``client``
+    an ``MlflowClient`` on its store, so later steps (the final fit) can log
+    to the same run, e.g. with ``tracker.log_artifact(path)``.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.tracking_uri = resolve_tracking_uri(cfg)
+        self.client: MlflowClient | None = None
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._parent_open = False
+        self._parent_params: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+        self._class_names: list[str] = []
+        self._fold_runs: dict[int, str] = {}  # open fold runs
+        self._logged: dict[int, set[tuple[str, int]]] = {}  # (metric, epoch) already sent per fold
+        self._earlier_fold_runs: dict[int, list] = {}  # fold runs of an interrupted attempt
+        self._model: torch.nn.Module | None = None
+        self._num_parameters: int | None = None
+
+    # ---- CV start: open (or reopen) the CV run
+
+    def on_cv_start(self, context: dict[str, Any]) -> None:
+        try:
+            self._start(context)
+        except MlflowException as err:
+            self.on_exception(err)
+            raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {err.message}") from err
+        except BaseException as err:
+            self.on_exception(err)
+            raise
+
+    def _start(self, context: dict[str, Any]) -> None:
+        cfg = self.cfg
+        self.client = _client(self.tracking_uri)
+        self.experiment_id = _experiment_id(
+            self.client, cfg.tracking.experiment_name, _default_artifact_location(self.tracking_uri)
+        )
+        self._class_names = list(context["clips"].class_names)
+        self._tags = {f: v for f, v in group_choices(cfg).items()}
+        checkpoints = context.get("checkpoints")
+
+        environment = _environment_params(context)
+        run = self._resumable_run(checkpoints.state.get(STATE_KEY) if checkpoints else None)
+        if run is not None:
+            self.parent_run_id = run.info.run_id
+            self._parent_params = dict(run.data.params)
+            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self.client.set_tag(self.parent_run_id, "esc_sweep.resumed", "true")
+            for child in self._children(self.parent_run_id):
+                fold = child.data.tags.get(FOLD_TAG)
+                if fold and fold.isdigit():
+                    self._earlier_fold_runs.setdefault(int(fold), []).append(child)
+            log.info("MLflow: resuming run %s", self.parent_run_id)
+        else:
+            self.parent_run_id = self._create_parent(environment.get("git_commit"))
+        self._parent_open = True
+        if checkpoints is not None:
+            checkpoints.update_state(**{STATE_KEY: self.parent_run_id})
+
+        self._log_parent_params({**flatten_config(cfg), **environment})
+        self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def _create_parent(self, commit: str | None) -> str:
+        cfg = self.cfg
+        tags = {ROLE_TAG: "cv", **self._tags, **_source_tags()}
+        if cfg.sweep.parent_run_id:
+            tags[PARENT_TAG] = cfg.sweep.parent_run_id
+        if cfg.sweep.trial_number is not None:
+            tags[TRIAL_TAG] = str(cfg.sweep.trial_number)
+        if cfg.sweep.study_name:
+            tags["esc_sweep.study_name"] = cfg.sweep.study_name
+        overrides = _hydra_overrides()
+        if overrides is not None:
+            tags["esc_sweep.overrides"] = overrides
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        name = cfg.tracking.run_name
+        if not name:
+            name = f"{self._tags['model']}-{self._tags['features']}-{self._tags['augmentation']}"
+            if cfg.sweep.trial_number is not None:
+                name = f"trial-{cfg.sweep.trial_number}-{name}"
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        return run.info.run_id
+
+    def _resumable_run(self, run_id: str | None):
+        """The CV run an interrupted identical command left, if it is in this store and experiment."""
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None  # another store (tracking.uri changed) or deleted for good
+        same_parent = run.data.tags.get(PARENT_TAG) == (self.cfg.sweep.parent_run_id or None)
+        if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id or not same_parent:
+            return None
+        return run
+
+    def _children(self, run_id: str) -> list:
+        return list(self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}'"))
+
+    def _log_parent_params(self, params: Mapping[str, str]) -> None:
+        # Params are write-once in MLflow: a resumed run only adds the missing ones.
+        new = {k: v for k, v in params.items() if k not in self._parent_params}
+        changed = sorted(k for k, v in params.items() if k in self._parent_params and self._parent_params[k] != v)
+        if changed:
+            log.warning("MLflow: resumed run keeps its earlier values of %s", ", ".join(changed))
+        _log_params(self.client, self.parent_run_id, new)
+        self._parent_params.update(new)
+
+    # ---- folds
+
+    def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
+        self._model = context.get("model")
+        self._num_parameters = context.get("num_parameters")
+        if self._num_parameters is not None:
+            self._log_parent_params({"num_parameters": str(self._num_parameters)})
+        # This fold trains again: runs of an interrupted attempt at it are superseded.
+        self._delete_earlier_runs(fold, keep_finished=False)
+        run_id = self._create_fold_run(fold)
+        self._fold_runs[fold] = run_id
+
+    def _create_fold_run(self, fold: int, extra_tags: Mapping[str, str] | None = None) -> str:
+        tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: "fold", FOLD_TAG: str(fold), **self._tags,
+                **_source_tags(), **(extra_tags or {})}
+        if self.cfg.sweep.trial_number is not None:
+            tags[TRIAL_TAG] = str(self.cfg.sweep.trial_number)
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=f"fold-{fold}").info.run_id
+        params = {"fold": str(fold)}
+        if self._num_parameters is not None:
+            params["num_parameters"] = str(self._num_parameters)
+        _log_params(self.client, run_id, params)
+        self._logged[fold] = set()
+        return run_id
+
+    def _delete_earlier_runs(self, fold: int, keep_finished: bool) -> None:
+        for run in self._earlier_fold_runs.get(fold, []):
+            if keep_finished and run.info.status == "FINISHED":
+                continue
+            log.info("MLflow: deleting run %s of an interrupted attempt at fold %d", run.info.run_id, fold)
+            self.client.delete_run(run.info.run_id)
+        self._earlier_fold_runs.pop(fold, None)
+
+    def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        run_id = self._fold_runs.get(fold)
+        if run_id is None:
+            return
+        values = _numeric(metrics)
+        _log_metrics(self.client, run_id, values, step=epoch)
+        self._logged[fold].update((key, epoch) for key in values)
+
+    def on_fold_end(self, result: FoldResult, resumed: bool = False) -> None:
+        fold = result.fold
+        if resumed:
+            earlier = self._earlier_fold_runs.get(fold, [])
+            if any(run.info.status == "FINISHED" for run in earlier):
+                self._delete_earlier_runs(fold, keep_finished=True)  # keep the finished one
+                return
+            # Trained while tracking was off or before the run could be logged: log it from the checkpoint.
+            self._delete_earlier_runs(fold, keep_finished=False)
+            self._num_parameters = self._num_parameters or _int_or_none(self._parent_params.get("num_parameters"))
+            run_id = self._create_fold_run(fold, {"esc_sweep.from_checkpoint": "true"})
+            self._fold_runs[fold] = run_id
+        run_id = self._fold_runs[fold]
+        self._log_missing_history(fold, run_id, result.history)
+        self._log_fold_summary(run_id, result)
+        if self.cfg.tracking.log_models and not resumed and self._model is not None:
+            self._log_weights(run_id, fold)
+        self.client.set_terminated(run_id, "FINISHED")
+        del self._fold_runs[fold]
+        self._model = None
+
+    def _log_missing_history(self, fold: int, run_id: str, history: list[dict[str, float]]) -> None:
+        # Covers folds restored from a checkpoint and values the trainer fills in after the
+        # last on_epoch_end (train accuracy of a fold that stopped early).
+        logged = self._logged.setdefault(fold, set())
+        now = _now_ms()
+        missing = [
+            Metric(key, value, now, int(record["epoch"]))
+            for record in history
+            for key, value in _numeric(record).items()
+            if (key, int(record["epoch"])) not in logged
+        ]
+        for start in range(0, len(missing), 1000):
+            self.client.log_batch(run_id, metrics=missing[start : start + 1000])
+        logged.update((m.key, m.step) for m in missing)
+
+    def _log_fold_summary(self, run_id: str, result: FoldResult) -> None:
+        finals = {
+            "final_val_acc": result.val_acc,
+            "final_val_loss": result.val_loss,
+            "final_val_f1": result.val_f1,
+            "final_train_acc": result.train_acc,
+            "final_train_loss": result.train_loss,
+            "final_gap": result.gap,
+            "epochs_trained": result.epochs,
+            "fold_seconds": result.seconds,
+        }
+        val_accs = [(r["val_acc"], r["epoch"]) for r in result.history if "val_acc" in r]
+        if val_accs:
+            best_acc, best_epoch = max(val_accs, key=lambda pair: (pair[0], -pair[1]))
+            finals.update(best_val_acc=best_acc, best_epoch=best_epoch)
+        _log_metrics(self.client, run_id, finals, step=result.epochs)
+        self.client.log_dict(run_id, result.to_dict(), "results.json")
+        # The fold's confusion matrix goes to the CV run too, so it shows all of them in one place.
+        figure = figures.confusion_matrix_figure(result.confusion, self._class_names, f"fold {result.fold}")
+        with tempfile.TemporaryDirectory() as tmp:
+            png = Path(tmp) / f"confusion_fold{result.fold}.png"
+            figure.savefig(png, dpi=100)
+            self.client.log_artifact(run_id, str(png), "figures")
+            self.client.log_artifact(self.parent_run_id, str(png), "figures/folds")
+        if result.history:
+            _log_figure(self.client, run_id, figures.learning_curve_figure({result.fold: result.history}),
+                        "figures/learning_curve.png")
+
+    def _log_weights(self, run_id: str, fold: int) -> None:
+        # A plain state_dict: loadable into esc_sweep.models.create_model(...) with torch.load.
+        state = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
+        info = {
+            "fold": fold,
+            "class_names": self._class_names,
+            "num_parameters": self._num_parameters,
+            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "features": OmegaConf.to_container(self.cfg.features, resolve=True),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, Path(tmp) / "state_dict.pt")
+            (Path(tmp) / "info.json").write_text(json.dumps(info, indent=2))
+            self.client.log_artifacts(run_id, tmp, artifact_path="model")
+
+    # ---- CV end
+
+    def on_cv_end(self, result: CVResult) -> None:
+        run_id = self.parent_run_id
+        summary = {k: v for k, v in result.summary().items() if v is not None}
+        per_fold = {f"fold_{f.fold}_val_acc": f.val_acc for f in result.folds}
+        _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
+        self.client.log_dict(run_id, result.to_dict(), "results.json")
+
+        names = result.class_names
+        _log_figure(self.client, run_id,
+                    figures.confusion_matrix_figure(result.pooled_confusion, names, "all folds (pooled)"),
+                    "figures/confusion_pooled.png")
+        per_class = result.per_class_accuracy()
+        _log_figure(self.client, run_id, figures.per_class_accuracy_figure(per_class), "figures/per_class_accuracy.png")
+        pooled = result.pooled_confusion
+        self.client.log_table(run_id, {
+            "class": names,
+            "accuracy": [per_class[n] for n in names],
+            "correct": [pooled[i][i] for i in range(len(names))],
+            "clips": [sum(row) for row in pooled],
+        }, "per_class_accuracy.json")
+        histories = {f.fold: f.history for f in result.folds if f.history}
+        if histories:
+            _log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
+        self.client.set_terminated(run_id, "FINISHED")
+        self._parent_open = False
+
+    # ---- failures
+
+    def on_exception(self, error: BaseException) -> None:
+        """End every open run: KILLED for Ctrl-C (and pruned trials), FAILED otherwise."""
+        if self.client is None:
+            return
+        interrupted = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "TrialPruned"
+        status = RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED)
+        message = f"{type(error).__name__}: {error}"[:5000]
+        open_runs = list(self._fold_runs.values()) + ([self.parent_run_id] if self._parent_open else [])
+        for run_id in open_runs:
+            try:
+                if not interrupted:
+                    self.client.set_tag(run_id, ERROR_TAG, message)
+                elif type(error).__name__ == "TrialPruned":
+                    self.client.set_tag(run_id, "esc_sweep.pruned", "true")
+                self.client.set_terminated(run_id, status)
+            except Exception as cleanup_error:  # never hide the error that stopped the run
+                log.warning("MLflow: could not mark run %s %s: %s", run_id, status, cleanup_error)
+        self._fold_runs.clear()
+        self._parent_open = False
+
+    # ---- for later steps (final fit)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        """Copy a file or folder to the CV run (e.g. the final model bundle)."""
+        path = Path(local_path)
+        if path.is_dir():
+            self.client.log_artifacts(self.parent_run_id, str(path), artifact_path=artifact_path)
+        else:
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+__all__ = [
+    "MlflowTracker",
+    "TrackingError",
+    "resolve_tracking_uri",
+    "get_or_create_study_run",
+    "log_study_report",
+    "end_study_run",
+    "flatten_config",
+    "group_choices",
+    "git_commit",
+]
