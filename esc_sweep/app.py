@@ -75,3 +75,8 @@ def main(cfg: DictConfig) -> float:
             raise  # the sweeper records the trial as failed, with this message
         console.print(f"[bold red]error:[/] {err}")
         sys.exit(2)
+    except KeyboardInterrupt:
+        if _in_multirun():
+            raise
+        console.print("[bold yellow]interrupted:[/] finished folds are kept; run the same command again to resume.")
+        sys.exit(130)

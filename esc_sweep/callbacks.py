@@ -22,6 +22,9 @@ class Callback:
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         """After each epoch; raising here (e.g. optuna.TrialPruned) stops the run."""
 
+    def on_model_trained(self, fold: int, model: Any) -> None:
+        """The model a fold was evaluated with (the EMA copy when EMA is on), after training."""
+
     def on_fold_end(self, result: "FoldResult", resumed: bool = False) -> None:
         """After a fold finishes, or when it is loaded from a checkpoint (resumed=True)."""
 
@@ -47,6 +50,10 @@ class CallbackList(Callback):
     def on_epoch_end(self, fold, epoch, metrics):
         for cb in self.callbacks:
             cb.on_epoch_end(fold, epoch, metrics)
+
+    def on_model_trained(self, fold, model):
+        for cb in self.callbacks:
+            cb.on_model_trained(fold, model)
 
     def on_fold_end(self, result, resumed=False):
         for cb in self.callbacks:

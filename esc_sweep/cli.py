@@ -15,7 +15,18 @@ SUBCOMMANDS = {
 }
 
 
+def _sigterm_as_interrupt() -> None:
+    """Treat SIGTERM (job schedulers, ``kill``) like Ctrl-C, so runs end KILLED and checkpoints stay."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main() -> None:
+    _sigterm_as_interrupt()
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         import importlib
 

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 TRAIN_COLOR = "tab:blue"
 VAL_COLOR = "tab:orange"
@@ -140,6 +141,7 @@ def learning_curve_figure(history_per_fold: Mapping[int, Sequence[Mapping[str, f
         else:
             ax.set_title("loss")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -402,7 +402,7 @@ class MlflowTracker(Callback):
             self.client, cfg.tracking.experiment_name, _default_artifact_location(self.tracking_uri)
         )
         self._class_names = list(context["clips"].class_names)
-        self._tags = {f: v for f, v in group_choices(cfg).items()}
+        self._tags = group_choices(cfg)
         checkpoints = context.get("checkpoints")
 
         environment = _environment_params(context)
@@ -506,6 +506,9 @@ class MlflowTracker(Callback):
             self.client.delete_run(run.info.run_id)
         self._earlier_fold_runs.pop(fold, None)
 
+    def on_model_trained(self, fold: int, model: torch.nn.Module) -> None:
+        self._model = model  # the evaluated model (EMA copy when enabled)
+
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         run_id = self._fold_runs.get(fold)
         if run_id is None:
@@ -588,6 +591,8 @@ class MlflowTracker(Callback):
             "model": OmegaConf.to_container(self.cfg.model, resolve=True),
             "features": OmegaConf.to_container(self.cfg.features, resolve=True),
         }
+        if self.cfg.trainer.ema_decay > 0:
+            info["note"] = "EMA weights: the model the validation metrics were measured with"
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state, Path(tmp) / "state_dict.pt")
             (Path(tmp) / "info.json").write_text(json.dumps(info, indent=2))

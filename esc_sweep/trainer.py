@@ -31,7 +31,7 @@ from esc_sweep.augment import Augment
 from esc_sweep.callbacks import Callback, CallbackList
 from esc_sweep.checkpoint import FoldCheckpoints, config_key
 from esc_sweep.data import ClipSet, load_clipset
-from esc_sweep.errors import NonFiniteLossError, OutOfMemoryError
+from esc_sweep.errors import ConfigError, NonFiniteLossError, OutOfMemoryError
 from esc_sweep.features import build_features, compute_features
 from esc_sweep.models import Classifier, count_parameters, create_model
 from esc_sweep.optim import build_optimizer, build_scheduler
@@ -41,10 +41,13 @@ from esc_sweep.results import CVResult, FoldResult
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r}, but no CUDA device is available; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"trainer.device={name!r}, but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -242,6 +245,7 @@ def train_model(
         if val is not None:
             history[-1]["gap"] = train_eval["acc"] - val["acc"]
     final_model = ema.module if ema is not None else model
+    callbacks.on_model_trained(fold, final_model)
     return final_model, history, val
 
 

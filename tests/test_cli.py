@@ -48,6 +48,8 @@ def test_synthetic_run_prints_table_and_writes_results(tmp_path):
         (["optimizer.lr=-1"], "optimizer.lr"),
         (["trainer.folds=[7]"], "trainer.folds"),
         (["model.name=not_a_model", "dataset=synthetic"], "not_a_model"),
+        pytest.param(["trainer.device=cuda", "dataset=synthetic"], "no CUDA device",
+                     marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")),
     ],
 )
 def test_user_errors_are_one_clear_message_without_traceback(tmp_path, args, message):
