@@ -15,6 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich.markup import escape
 
 from esc_sweep.config import register_configs, validate
 from esc_sweep.errors import EscSweepError
@@ -73,7 +74,7 @@ def main(cfg: DictConfig) -> float:
     except EscSweepError as err:
         if _in_multirun():
             raise  # the sweeper records the trial as failed, with this message
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except KeyboardInterrupt:
         if _in_multirun():

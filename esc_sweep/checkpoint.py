@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from esc_sweep.results import FoldResult
+
+log = logging.getLogger(__name__)
 
 # Keys that do not change what a fold computes.
 _IGNORED_KEYS = ("tracking", "trainer.progress", "trainer.resume", "trainer.checkpoint_dir",
@@ -52,10 +55,18 @@ class FoldCheckpoints:
         return self.directory / f"fold_{fold}.json"
 
     def load(self, fold: int) -> FoldResult | None:
+        """The saved result of ``fold``; None when absent or unreadable (the fold is then rerun)."""
         path = self._fold_path(fold)
         if not path.exists():
             return None
-        return FoldResult.from_dict(json.loads(path.read_text()))
+        try:
+            return FoldResult.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Saves are atomic, but a copied, hand-edited or disk-full file can still
+            # be damaged: recomputing one fold beats failing the whole run.
+            log.warning("fold %d checkpoint %s is unreadable (%s: %s); training the fold again",
+                        fold, path, type(exc).__name__, exc)
+            return None
 
     def save(self, result: FoldResult) -> None:
         _write_json(self._fold_path(result.fold), result.to_dict())
@@ -63,7 +74,14 @@ class FoldCheckpoints:
     @property
     def state(self) -> dict[str, Any]:
         path = self.directory / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return {}
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("checkpoint state %s is unreadable (%s); ignoring it", path, exc)
+            return {}
+        return state if isinstance(state, dict) else {}
 
     def update_state(self, **values: Any) -> None:
         _write_json(self.directory / "state.json", {**self.state, **values})

@@ -68,6 +68,8 @@ def read_audio(path: PathLike) -> tuple[np.ndarray, int]:
     path = os.fspath(path)
     try:
         size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass  # libsndfile reports an unreadable file only as "System error"
     except OSError as exc:
         raise DataError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
     if size == 0:

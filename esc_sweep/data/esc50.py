@@ -67,7 +67,13 @@ def resolve_root(dataset: Any, progress: bool = True) -> Path:
     path = Path(os.path.expandvars(os.path.expanduser(str(root))))
     if not path.is_dir():
         raise DataError(f"ESC-50 root {path} (from {source}) does not exist: point {source} at the folder holding meta/esc50.csv")
-    if not (path / "meta" / "esc50.csv").is_file():
+    try:
+        has_csv = (path / "meta" / "esc50.csv").is_file()
+    except OSError as exc:  # e.g. a chmod 000 root: stat() of what is inside it fails
+        raise DataError(
+            f"cannot read ESC-50 root {path} (from {source}): {exc.strerror or exc}; fix its permissions"
+        ) from None
+    if not has_csv:
         raise DataError(
             f"ESC-50 root {path} (from {source}) has no meta/esc50.csv: point {source} at the folder "
             f"holding meta/ and audio/ (e.g. the extracted ESC-50-master)"
