@@ -265,6 +265,8 @@ def _download_bundle(run_id: str, destination: Path, tracking_uri: Optional[str]
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri_for(explicit=tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)
@@ -273,16 +275,32 @@ def _download_bundle(run_id: str, destination: Path, tracking_uri: Optional[str]
             f"MLflow run {run_id} not found at tracking URI {uri}: check the id, or point "
             f"--tracking-uri / MLFLOW_TRACKING_URI at the server that tracked it"
         ) from None
+    no_bundle = (
+        f"MLflow run {run_id} has no '{BUNDLE_DIR}/' artifact: bundles are logged by runs trained with "
+        f"trainer.final_fit=true (the cross-validation run, not a fold's run)"
+    )
+    if not client.list_artifacts(run_id, BUNDLE_DIR):
+        raise BundleError(no_bundle)
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=BUNDLE_DIR, dst_path=str(destination), tracking_uri=uri
         )
     except (MlflowException, OSError) as err:
-        raise BundleError(
-            f"MLflow run {run_id} has no '{BUNDLE_DIR}' artifact ({_first_line(err)}): "
-            f"bundles are logged by runs trained with trainer.final_fit=true"
-        ) from None
+        raise BundleError(f"{no_bundle} ({_first_line(err)})") from None
     return _local_bundle_dir(Path(local))
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when no server answers."""
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except requests.RequestException as err:
+        raise BundleError(
+            f"no MLflow server answers at {uri} ({type(err).__name__}): start it, or fix --tracking-uri / "
+            f"MLFLOW_TRACKING_URI"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -427,10 +445,13 @@ def load_bundle(
     model_cfg.pretrained = False
     model_cfg.init_from = None
     model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise BundleError(f"bundle {source}: weights do not fit model {model_cfg.name} ({_first_line(err)})") from None
+    mismatch = _state_mismatch(model, state)
+    if mismatch:
+        raise BundleError(
+            f"bundle {source}: its weights do not fit a {model_cfg.name} built by this esc_sweep ({mismatch}); "
+            f"was it saved by a version with a different model architecture?"
+        )
+    model.load_state_dict(state)
     device = pick_device(str(device)) if isinstance(device, str) else device
     return Bundle(
         source=str(source),
@@ -441,6 +462,19 @@ def load_bundle(
         metrics=metrics,
         device=device,
     )
+
+
+def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """'' when ``state`` fits ``model`` exactly, else a short description of what differs."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = []
+    for label, names in (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)):
+        if names:
+            parts.append(f"{len(names)} {label}, e.g. {names[0]}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -485,7 +519,8 @@ def load_backbone_weights(model: nn.Module, bundle: Union[str, Path]) -> dict[st
             loaded.append(name)
         else:
             skipped.append(name)
-    backbone_loaded = [n for n in loaded if not n.startswith("standardize.")]
+    # Batch-norm step counters are scalars that match any architecture: they prove nothing.
+    backbone_loaded = [n for n in loaded if not n.startswith("standardize.") and not n.endswith("num_batches_tracked")]
     bundle_model = meta["config"]["model"]["name"]
     if not backbone_loaded:
         raise BundleError(

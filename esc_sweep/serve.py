@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 
 from esc_sweep.errors import EscSweepError
 
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 64.0
+MAX_DRAIN_BYTES = 256 * 1024 * 1024
 # The spectrogram on the page covers at most this many seconds (prediction uses the whole file).
 MAX_SPECTROGRAM_SECONDS = 30.0
 TOP_K = 5
@@ -47,7 +48,7 @@ class UploadError(EscSweepError):
 # Classifying one upload
 
 
-def read_upload(headers: Any, stream: Any) -> tuple[str, bytes]:
+def read_upload(headers: Any, stream: Any, max_bytes: int) -> tuple[str, bytes]:
     """``(file name, bytes)`` of the first file in a multipart/form-data request body."""
     from python_multipart import parse_form
     from python_multipart.exceptions import FormParserError
@@ -62,9 +63,10 @@ def read_upload(headers: Any, stream: Any) -> tuple[str, bytes]:
         length = int(length_text)
     except ValueError:
         raise UploadError(f"bad Content-Length {length_text!r}") from None
-    if length > MAX_UPLOAD_BYTES:
+    if length > max_bytes:
+        _discard(stream, length)
         raise UploadError(
-            f"the upload is {length / 2**20:.0f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB",
+            f"the upload is {length / 2**20:.2f} MiB; the limit is {max_bytes / 2**20:.2f} MiB (--max-upload-mb)",
             HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
         )
     files: list[Any] = []
@@ -87,6 +89,22 @@ def read_upload(headers: Any, stream: Any) -> tuple[str, bytes]:
     if not data:
         raise UploadError(f"{name} is empty")
     return name, data
+
+
+def _discard(stream: Any, length: int) -> None:
+    """Read and drop a refused body, so the client gets to read the refusal.
+
+    A client still sending when the server closes sees a broken connection, not
+    the 413 page. Bodies beyond MAX_DRAIN_BYTES are not worth reading: the
+    connection is closed and that client gets the reset.
+    """
+    if length > MAX_DRAIN_BYTES:
+        return
+    while length > 0:
+        chunk = stream.read(min(length, 1 << 20))
+        if not chunk:
+            return
+        length -= len(chunk)
 
 
 def classify(bundle: Any, name: str, data: bytes, lock: threading.Lock) -> dict[str, Any]:
@@ -188,9 +206,10 @@ def render_page(bundle: Any, result: Optional[dict[str, Any]] = None, error: Opt
 class ClassifierServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], bundle: Any):
+    def __init__(self, address: tuple[str, int], bundle: Any, max_upload_bytes: int):
         super().__init__(address, RequestHandler)
         self.bundle = bundle
+        self.max_upload_bytes = max_upload_bytes
         self.lock = threading.Lock()
 
 
@@ -217,7 +236,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             return
         api = path == "/api/predict"
         try:
-            name, data = read_upload(self.headers, self.rfile)
+            name, data = read_upload(self.headers, self.rfile, self.server.max_upload_bytes)
             result = classify(self.server.bundle, name, data, self.server.lock)
         except UploadError as err:
             if err.status in (HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.LENGTH_REQUIRED):
@@ -259,6 +278,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids (default: as training)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest accepted upload in MiB (default {DEFAULT_MAX_UPLOAD_MB:g})")
     return parser.parse_args(argv)
 
 
@@ -268,9 +289,11 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise EscSweepError(f"--port {args.port}: must be between 0 and 65535")
+    if not args.max_upload_mb > 0:
+        raise EscSweepError(f"--max-upload-mb {args.max_upload_mb}: must be > 0")
     bundle = load_bundle(args.bundle, device=args.device, tracking_uri=args.tracking_uri)
     try:
-        server = ClassifierServer((args.host, args.port), bundle)
+        server = ClassifierServer((args.host, args.port), bundle, int(args.max_upload_mb * 2**20))
     except OSError as err:
         raise EscSweepError(f"cannot listen on {args.host}:{args.port} ({err.strerror or err}): pick another --port") from None
     host, port = server.server_address[:2]
