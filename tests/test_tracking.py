@@ -268,7 +268,7 @@ def test_readme_ui_command_serves_the_runs(default_store_run):
     cwd, uri = default_store_run
     docs = [p for p in (REPO / "README.md", REPO / "docs" / "tracking.md") if p.exists()]
     lines = [l.strip() for p in docs for l in p.read_text().splitlines()]
-    command = shlex.split(next(l for l in lines if l.startswith("mlflow ui ")))
+    command = shlex.split(next(l for l in lines if l.startswith("mlflow ui ")), comments=True)
     port = _free_port()
     proc = _start_server([MLFLOW, *command[1:], "--host", "127.0.0.1", "--port", str(port)], cwd, port)
     try:
