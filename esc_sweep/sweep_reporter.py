@@ -90,6 +90,9 @@ class TrialReporter(Callback):
         self.study = optuna.load_study(
             study_name=sweep.study_name,
             storage=storage,
+            # The sweeper samples; here the sampler is only consulted (cheaply) when
+            # the Trial object is made.
+            sampler=optuna.samplers.RandomSampler(),
             pruner=pruner or build_pruner(_pruner_spec_from_hydra()),
         )
         trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, int(sweep.trial_number))
@@ -115,8 +118,7 @@ class TrialReporter(Callback):
 
     def on_fold_end(self, result, resumed: bool = False) -> None:
         self.fold_accs.append(result.val_acc)
-        if not resumed:
-            self.trial.set_user_attr("epochs_trained", self.epochs_trained)
+        self.trial.set_user_attr("epochs_trained", self.epochs_trained)
         folds_done = len(self.fold_accs)
         step = folds_done * (EPOCH_STRIDE if self.report_epochs else 1)
         self._report(statistics.fmean(self.fold_accs), step, f"{folds_done} fold(s)")

@@ -1,0 +1,200 @@
+"""The end-of-study report: console tables, figures, optimization_results.yaml,
+and the same on the study's MLflow parent run."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _duration(trial: FrozenTrial) -> str:
+    if trial.datetime_start and trial.datetime_complete:
+        return f"{(trial.datetime_complete - trial.datetime_start).total_seconds():.0f}s"
+    return ""
+
+
+def _note(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.FAIL:
+        return str(trial.user_attrs.get("fail_reason", ""))[:120]
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        return f"pruned at step {max(trial.intermediate_values)}"
+    return ""
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """``optimizer.lr`` -> ``lr`` where the last part is unambiguous, for narrow tables."""
+    last = [n.rsplit(".", 1)[-1] for n in names]
+    return {n: (s if last.count(s) == 1 else n) for n, s in zip(names, last)}
+
+
+def trials_table(study: optuna.Study) -> Table:
+    table = Table(title=f"Optuna study {study.study_name}")
+    for column in ("trial", "state", "value", "epochs", "time", "params", "note"):
+        table.add_column(column, justify="right" if column in ("trial", "value", "epochs", "time") else "left",
+                         max_width=60 if column == "note" else None, overflow="fold")
+    trials = study.get_trials(deepcopy=False)
+    short = short_names(sorted({name for t in trials for name in t.params}))
+    for t in trials:
+        values = "" if t.values is None else ", ".join(_fmt(v) for v in t.values)
+        params = " ".join(f"{short[k]}={_fmt(v)}" for k, v in t.params.items())
+        style = {TrialState.PRUNED: "yellow", TrialState.FAIL: "red"}.get(t.state)
+        table.add_row(str(t.number), t.state.name, values, str(t.user_attrs.get("epochs_trained", "")),
+                      _duration(t), params, _note(t), style=style)
+    return table
+
+
+def importances(study: optuna.Study, directions: list[str]) -> dict[str, float]:
+    """fANOVA parameter importances of the first objective; {} when they cannot be computed."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    target = (lambda t: t.values[0]) if len(directions) > 1 else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dict(optuna.importance.get_param_importances(study, target=target))
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. every trial had the same params
+        log.info("no parameter importances: %s", err)
+        return {}
+
+
+def figures(study: optuna.Study, directions: list[str], have_importances: bool) -> dict[str, Any]:
+    """Matplotlib figures of the study, by name; a figure that cannot be drawn is left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as plots
+
+    target = (lambda t: t.values[0]) if len(directions) > 1 else None
+    makers = {
+        "optimization_history": lambda: plots.plot_optimization_history(
+            study, target=target, target_name="mean val acc"),
+    }
+    if have_importances:
+        makers["param_importances"] = lambda: plots.plot_param_importances(study, target=target)
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        makers["intermediate_values"] = lambda: plots.plot_intermediate_values(study)
+    if len(directions) > 1:
+        makers["pareto_front"] = lambda: plots.plot_pareto_front(study)
+    out = {}
+    for name, make in makers.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
+                axes = make()
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            out[name] = figure
+        except Exception as err:  # a figure is a nicety; the study is what matters
+            log.info("figure %s not drawn: %s", name, err)
+    return out
+
+
+def summary(study: optuna.Study, n_trials: int) -> dict[str, float]:
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    return {
+        "n_trials_target": n_trials,
+        "n_complete": count[TrialState.COMPLETE],
+        "n_pruned": count[TrialState.PRUNED],
+        "n_fail": count[TrialState.FAIL],
+        # Cost: epochs trained over all trials (pruned and failed ones included).
+        "total_epochs_trained": sum(int(t.user_attrs.get("epochs_trained", 0)) for t in trials),
+    }
+
+
+def study_report(
+    study: optuna.Study, directions: list[str], sweep_dir: str, parent_run_id: str | None, *,
+    n_trials: int, storage: str, console: Console | None = None,
+) -> dict[str, Any]:
+    # Wide enough for the trials table when the output is a log file, not a terminal.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=160))
+    out_dir = Path(sweep_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console.print(trials_table(study))
+    counts = summary(study, n_trials)
+    results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": storage, **counts}
+    metrics: dict[str, float] = dict(counts)
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        console.print("[bold red]No trial completed[/]: no best parameters.")
+    elif len(directions) == 1:
+        best = study.best_trial
+        results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+        metrics["best_value"] = best.value
+        console.print(f"[bold]Best trial {best.number}[/]: value {best.value:.4f}")
+        for key, value in best.params.items():
+            console.print(f"  {key} = {_fmt(value)}")
+    else:
+        pareto = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
+        results["solutions"] = pareto
+        console.print(f"[bold]{len(pareto)} Pareto-optimal trials[/]:")
+        for t in pareto:
+            console.print(f"  trial {t['number']}: values {t['values']}  {t['params']}")
+
+    imp = importances(study, directions)
+    if imp:
+        results["param_importances"] = imp
+        table = Table(title="Parameter importances (fANOVA)")
+        table.add_column("parameter")
+        table.add_column("importance", justify="right")
+        for name, value in imp.items():
+            table.add_row(name, f"{value:.3f}")
+            metrics[f"importance.{name}"] = value
+        console.print(table)
+    console.print(
+        f"{counts['n_complete']} complete, {counts['n_pruned']} pruned, {counts['n_fail']} failed; "
+        f"{counts['total_epochs_trained']} epochs trained in all"
+    )
+
+    results_path = out_dir / "optimization_results.yaml"
+    OmegaConf.save(OmegaConf.create(_plain(results)), results_path)
+    trials_csv = out_dir / "trials.csv"
+    study.trials_dataframe().to_csv(trials_csv, index=False)
+    figs = figures(study, directions, bool(imp))
+    figure_dir = out_dir / "study_figures"
+    figure_dir.mkdir(exist_ok=True)
+    for name, figure in figs.items():
+        figure.savefig(figure_dir / f"{name}.png", dpi=100)
+    log.info("study report written to %s", out_dir)
+
+    if parent_run_id:
+        from esc_sweep.tracking import log_study_report
+
+        log_study_report(parent_run_id, figs, metrics, [results_path, trials_csv])
+        console.print(f"Study report logged to MLflow run {parent_run_id}")
+    import matplotlib.pyplot as plt
+
+    for figure in figs.values():
+        plt.close(figure)
+    return results
+
+
+def _plain(value: Any) -> Any:
+    """YAML-safe copy: numpy scalars and tuples become plain Python."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
