@@ -36,6 +36,9 @@ def check_overrides(args: list[str]) -> None:
 
 
 def main() -> None:
+    from esc_sweep.cpu_runtime import configure
+
+    configure()  # before anything imports torch
     from esc_sweep.errors import EscSweepError
     from esc_sweep.progress import console
     from rich.markup import escape

@@ -102,10 +102,13 @@ def resolve_tracking_uri(cfg: Any = None) -> str:
 
 
 def _default_artifact_location(uri: str) -> str | None:
-    """Artifacts of the default store live beside its database; other stores choose their own."""
+    """Artifacts of a SQLite store live beside its database; servers choose their own."""
     root = _default_root()
     if uri == f"sqlite:///{root / 'mlflow.db'}":
         return (root / "artifacts").as_uri()
+    if uri.startswith("sqlite:///"):
+        # Otherwise MLflow would write them into ./mlruns of whatever folder the run starts in.
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
     return None
 
 

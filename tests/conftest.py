@@ -19,6 +19,9 @@ from hydra.core.global_hydra import GlobalHydra
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
+from esc_sweep.cpu_runtime import configure  # noqa: E402  (before torch: passive OpenMP waiting)
+
+configure()
 os.environ.setdefault("ESC_SWEEP_CACHE", str(REPO / ".cache" / "test-waveforms"))
 
 from esc_sweep.config import register_configs  # noqa: E402
