@@ -6,7 +6,6 @@ Clips are matched to csv rows by file stem, so a copy whose files are FLAC
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from esc_sweep.data import (
 )
 from esc_sweep.data import audio as audio_mod
 from esc_sweep.data.cache import load_waveforms
+from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.errors import DataError
 
 
@@ -84,27 +84,11 @@ def resolve_root(dataset: Any, progress: bool = True) -> Path:
 def read_metadata(root: Path) -> list[Esc50Row]:
     """Parse and check ``root/meta/esc50.csv``."""
     csv_path = root / "meta" / "esc50.csv"
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise DataError(
-                    f"{csv_path} lacks column(s) {', '.join(missing)}: expected "
-                    f"{','.join(REQUIRED_COLUMNS)}[,esc10,take] (found {','.join(header) or 'no header'})"
-                )
-            reader.fieldnames = header
-            raw_rows = list(reader)
-    except UnicodeDecodeError:
-        raise DataError(f"{csv_path} is not a UTF-8 text CSV: replace it with the ESC-50 meta/esc50.csv") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
-    except csv.Error as exc:
-        raise DataError(f"{csv_path} is not a valid CSV ({exc}): replace it with the ESC-50 meta/esc50.csv") from None
-
-    if not raw_rows:
-        raise DataError(f"{csv_path} lists no clips: replace it with the ESC-50 meta/esc50.csv")
+    replace = "replace it with the ESC-50 meta/esc50.csv"
+    header, raw_rows = read_csv_rows(
+        csv_path, REQUIRED_COLUMNS, f"{','.join(REQUIRED_COLUMNS)}[,esc10,take]",
+        utf8_fix=replace, invalid_fix=replace, empty_fix=replace,
+    )
 
     has_esc10 = "esc10" in header
     rows: list[Esc50Row] = []

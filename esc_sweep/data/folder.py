@@ -16,7 +16,6 @@ even when two classes both hold ``001.wav``).
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +25,7 @@ import torch
 from esc_sweep.data import ClipSet, _check_class_names, _fingerprint, _opt, _remap_targets, _requested_classes
 from esc_sweep.data import audio as audio_mod
 from esc_sweep.data.cache import load_waveforms
+from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.errors import DataError
 
 
@@ -70,26 +70,12 @@ def scan_subfolders(root: Path) -> list[tuple[str, str]]:
 
 def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str, str]], Optional[list[int]]]:
     """``(relative path, label)`` per row, and the folds when the CSV has a fold column."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in ("filename", "label") if c not in header]
-            if missing:
-                raise DataError(
-                    f"{csv_path} lacks column(s) {', '.join(missing)}: expected filename,label[,fold] "
-                    f"(found {','.join(header) or 'no header'})"
-                )
-            reader.fieldnames = header
-            raw_rows = list(reader)
-    except UnicodeDecodeError:
-        raise DataError(f"{csv_path} is not a UTF-8 text CSV: save it as UTF-8 with columns filename,label[,fold]") from None
-    except OSError as exc:
-        raise DataError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
-    except csv.Error as exc:
-        raise DataError(f"{csv_path} is not a valid CSV ({exc}): expected columns filename,label[,fold]") from None
-    if not raw_rows:
-        raise DataError(f"{csv_path} lists no clips: add rows filename,label[,fold]")
+    header, raw_rows = read_csv_rows(
+        csv_path, ("filename", "label"), "filename,label[,fold]",
+        utf8_fix="save it as UTF-8 with columns filename,label[,fold]",
+        invalid_fix="expected columns filename,label[,fold]",
+        empty_fix="add rows filename,label[,fold]",
+    )
 
     has_fold = "fold" in header
     items: list[tuple[str, str]] = []
