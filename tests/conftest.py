@@ -70,8 +70,12 @@ FAST_SYNTHETIC = [
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600, **kwargs):
-    """Run ``python -m esc_sweep`` as a user would, in ``cwd``."""
-    full_env = {**os.environ, **(env or {})}
+    """Run ``python -m esc_sweep`` as a user would, in ``cwd``.
+
+    ``env`` is laid over this process's environment; a key set to None is removed.
+    """
+    merged = {**os.environ, **(env or {})}
+    full_env = {key: value for key, value in merged.items() if value is not None}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     return subprocess.run(
         [sys.executable, "-m", "esc_sweep", *args],
@@ -82,3 +86,21 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
         timeout=timeout,
         **kwargs,
     )
+
+
+@pytest.fixture(autouse=True)
+def _keep_tracking_uri_unchanged():
+    """No test may leave $MLFLOW_TRACKING_URI behind for later tests' subprocesses.
+
+    ``mlflow.set_tracking_uri`` exports it; a leaked value silently sent a later
+    CLI run's records to another store.
+    """
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    after = os.environ.get("MLFLOW_TRACKING_URI")
+    if after != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        pytest.fail(f"the test left MLFLOW_TRACKING_URI={after!r} (was {before!r}); use monkeypatch")

@@ -66,16 +66,18 @@ def test_results_folder_without_bundle_has_no_sample_predictions(trained, tmp_pa
     assert {p.name for p in (tmp_path / "pics").iterdir()} == ALL_PLOTS - {"sample_predictions.png"}
 
 
-def test_plots_are_logged_into_the_active_mlflow_run_or_a_given_run(trained, tmp_path):
+def test_plots_are_logged_into_the_active_mlflow_run_or_a_given_run(trained, tmp_path, monkeypatch):
     client = MlflowClient(trained.tracking_uri)
     experiment_id = client.get_run(trained.run_id).info.experiment_id
-    previous = mlflow.get_tracking_uri()
+    # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; monkeypatch puts
+    # the environment back so later tests' subprocesses do not inherit it.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.tracking_uri)
     mlflow.set_tracking_uri(trained.tracking_uri)
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name="plots-inside-a-run") as active:
             plots.main([str(trained.bundle_dir), "--out", str(tmp_path / "a"), "--classes", "2"])
     finally:
-        mlflow.set_tracking_uri(previous)
+        mlflow.set_tracking_uri(None)
     logged = {a.path for a in client.list_artifacts(active.info.run_id, "plots")}
     assert logged == {f"plots/{name}" for name in ALL_PLOTS}
 

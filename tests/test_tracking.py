@@ -30,7 +30,9 @@ from tests.conftest import FAST_SYNTHETIC, REPO, compose_config, run_cli
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 # The env of every CLI run: no tracking server inherited from the developer's shell.
-CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+# A function, not a snapshot: the environment may change after this module is imported.
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
 def _cli(tmp: Path, *extra: str, folds: int = 3) -> list[str]:
@@ -39,7 +41,7 @@ def _cli(tmp: Path, *extra: str, folds: int = 3) -> list[str]:
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, env=CLEAN_ENV,
+    out = subprocess.run([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, env=clean_env(),
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return out
@@ -47,7 +49,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     log = open(cwd / "cli.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, env=CLEAN_ENV,
+    return subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, env=clean_env(),
                             stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -85,7 +87,7 @@ def _start_server(command: list[str], cwd: Path, port: int) -> subprocess.Popen:
     # Its own session, so the uvicorn workers it spawns are stopped with it.
     # Job execution (background huey workers) is not needed to browse runs.
     proc = subprocess.Popen(command, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**CLEAN_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                            start_new_session=True, env={**clean_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", proc, log)
     except BaseException:
@@ -360,7 +362,7 @@ def test_ctrl_c_marks_parent_and_fold_run_killed(tmp_path):
 
 def test_training_error_marks_runs_failed(tmp_path):
     # A huge learning rate makes the loss non-finite in fold 1, epoch 2.
-    out = run_cli(_cli(tmp_path, "trainer.epochs=3", "optimizer.lr=1e30"), cwd=tmp_path, env=CLEAN_ENV)
+    out = run_cli(_cli(tmp_path, "trainer.epochs=3", "optimizer.lr=1e30"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
     assert out.returncode == 2, out.stderr[-3000:]
     assert "training loss is nan" in out.stdout + out.stderr
     client = MlflowClient(_sqlite_uri(tmp_path))
