@@ -25,6 +25,26 @@ class RandomGain(nn.Module):
         return x + gain
 
 
+class RandomCrop(nn.Module):
+    """Take a random window of ``frames`` frames from each clip (all clips at once).
+
+    Training on crops is cheaper per step and shows the model each sound at
+    many positions; evaluation still sees the whole clip (global pooling).
+    """
+
+    def __init__(self, frames: int):
+        super().__init__()
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = x.shape[-1]
+        if self.frames >= total:
+            return x
+        start = torch.randint(0, total - self.frames + 1, (x.shape[0], 1, 1, 1), device=x.device)
+        index = start + torch.arange(self.frames, device=x.device)
+        return torch.gather(x, -1, index.expand(*x.shape[:-1], self.frames))
+
+
 class RandomTimeShift(nn.Module):
     """Circularly shift each clip in time by up to ``max_fraction`` of its length."""
 
@@ -87,11 +107,18 @@ class Mixup(nn.Module):
 
 
 class Augment(nn.Module):
-    """The configured augmentation chain; identity for ``augmentation=none``."""
+    """The configured augmentation chain; identity for ``augmentation=none``.
 
-    def __init__(self, cfg: AugmentationConfig):
+    ``frames_per_second`` converts ``crop_seconds`` to spectrogram frames.
+    """
+
+    def __init__(self, cfg: AugmentationConfig, frames_per_second: float | None = None):
         super().__init__()
         steps: list[nn.Module] = []
+        if cfg.crop_seconds > 0:
+            if frames_per_second is None:
+                raise ValueError("augmentation.crop_seconds needs the features' frames_per_second")
+            steps.append(RandomCrop(max(1, round(cfg.crop_seconds * frames_per_second))))
         if cfg.gain_db > 0:
             steps.append(RandomGain(cfg.gain_db))
         if cfg.time_shift > 0:

@@ -91,6 +91,9 @@ class AugmentationConfig:
     name: str = "none"
     gain_db: float = 0.0  # random gain in [-gain_db, +gain_db] dB
     time_shift: float = 0.0  # random circular shift, fraction of the clip
+    # Train on a random window of this many seconds of each clip (0: whole clips).
+    # Cheaper steps; evaluation always uses whole clips.
+    crop_seconds: float = 0.0
     freq_masks: int = 0
     freq_mask_width: int = 0
     time_masks: int = 0
@@ -126,7 +129,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on GPU; ignored on CPU
     compile: bool = False  # torch.compile the model
-    channels_last: bool = True  # on GPU
+    channels_last: bool = True  # NHWC activations: faster convolutions on GPU and CPU
     seed: int = 0
     deterministic: bool = True
     folds: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
@@ -249,6 +252,7 @@ def validate(cfg: Any) -> None:
         "augmentation.time_masks",
         "augmentation.time_mask_width",
         "augmentation.mixup_alpha",
+        "augmentation.crop_seconds",
         "scheduler.warmup_epochs",
         "trainer.grad_clip",
         "trainer.early_stopping_patience",

@@ -31,7 +31,9 @@ import logging
 import platform
 import subprocess
 import tempfile
+import threading
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -42,7 +44,6 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from esc_sweep import figures
 from esc_sweep.callbacks import Callback
 from esc_sweep.errors import EscSweepError
 from esc_sweep.results import CVResult, FoldResult
@@ -323,10 +324,15 @@ def _source_tags() -> dict[str, str]:
     return tags
 
 
-def _environment_params(context: Mapping[str, Any]) -> dict[str, str]:
-    import timm
-    import torchaudio
+def _version(package: str) -> str:
+    # From the installed metadata: importing timm just for its version costs seconds.
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
+
+def _environment_params(context: Mapping[str, Any]) -> dict[str, str]:
     from esc_sweep.trainer import original_cwd
 
     device = context["device"]
@@ -334,8 +340,8 @@ def _environment_params(context: Mapping[str, Any]) -> dict[str, str]:
     params = {
         "device": str(device),
         "torch_version": torch.__version__,
-        "torchaudio_version": torchaudio.__version__,
-        "timm_version": timm.__version__,
+        "torchaudio_version": _version("torchaudio"),
+        "timm_version": _version("timm"),
         "mlflow_version": mlflow.__version__,
         "python_version": platform.python_version(),
         "dataset_fingerprint": str(clips.fingerprint),
@@ -385,18 +391,45 @@ class MlflowTracker(Callback):
         self._earlier_fold_runs: dict[int, list] = {}  # fold runs of an interrupted attempt
         self._model: torch.nn.Module | None = None
         self._num_parameters: int | None = None
+        self._starting: threading.Thread | None = None  # opens the CV run in the background
+        self._start_error: BaseException | None = None
+        self._pending_fold: int | None = None  # started before the CV run was open
 
     # ---- CV start: open (or reopen) the CV run
 
     def on_cv_start(self, context: dict[str, Any]) -> None:
+        # Opening the store and the CV run takes seconds (SQLite schema checks,
+        # parameters, git): that happens on a background thread while the first
+        # fold starts training. Every later hook first waits for it
+        # (``_wait_until_started``) and raises its error, if any.
+        if self.tracking_uri.startswith(("http://", "https://")):
+            _check_server(self.tracking_uri)  # no server: fail now, not after the first epoch
+        self._starting = threading.Thread(
+            target=self._start_in_background, args=(context,), name="esc_sweep-mlflow-start", daemon=True
+        )
+        self._starting.start()
+
+    def _start_in_background(self, context: dict[str, Any]) -> None:
         try:
             self._start(context)
-        except MlflowException as err:
-            self.on_exception(err)
-            raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {err.message}") from err
-        except BaseException as err:
-            self.on_exception(err)
-            raise
+        except BaseException as err:  # handed to the training thread by _wait_until_started
+            self._start_error = err
+
+    def _wait_until_started(self) -> None:
+        thread, self._starting = self._starting, None
+        if thread is None:
+            return
+        thread.join()
+        error, self._start_error = self._start_error, None
+        if error is not None:
+            self._pending_fold = None
+            self.on_exception(error)
+            if isinstance(error, MlflowException):
+                raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {error.message}") from error
+            raise error
+        if self._pending_fold is not None:
+            fold, self._pending_fold = self._pending_fold, None
+            self._open_fold(fold)
 
     def _start(self, context: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -481,6 +514,13 @@ class MlflowTracker(Callback):
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         self._model = context.get("model")
         self._num_parameters = context.get("num_parameters")
+        if self._starting is not None and self._starting.is_alive():
+            self._pending_fold = fold  # opened once the CV run is (first epoch end at the latest)
+            return
+        self._wait_until_started()
+        self._open_fold(fold)
+
+    def _open_fold(self, fold: int) -> None:
         if self._num_parameters is not None:
             self._log_parent_params({"num_parameters": str(self._num_parameters)})
         # This fold trains again: runs of an interrupted attempt at it are superseded.
@@ -513,6 +553,7 @@ class MlflowTracker(Callback):
         self._model = model  # the evaluated model (EMA copy when enabled)
 
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        self._wait_until_started()
         run_id = self._fold_runs.get(fold)
         if run_id is None:
             return
@@ -521,6 +562,7 @@ class MlflowTracker(Callback):
         self._logged[fold].update((key, epoch) for key in values)
 
     def on_fold_end(self, result: FoldResult, resumed: bool = False) -> None:
+        self._wait_until_started()
         fold = result.fold
         if resumed:
             earlier = self._earlier_fold_runs.get(fold, [])
@@ -573,6 +615,7 @@ class MlflowTracker(Callback):
             finals.update(best_val_acc=best_acc, best_epoch=best_epoch)
         _log_metrics(self.client, run_id, finals, step=result.epochs)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
+        from esc_sweep import figures  # matplotlib: imported when the first figure is drawn
         # The fold's confusion matrix goes to the CV run too, so it shows all of them in one place.
         figure = figures.confusion_matrix_figure(result.confusion, self._class_names, f"fold {result.fold}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -604,11 +647,14 @@ class MlflowTracker(Callback):
     # ---- CV end
 
     def on_cv_end(self, result: CVResult) -> None:
+        self._wait_until_started()
         run_id = self.parent_run_id
         summary = {k: v for k, v in result.summary().items() if v is not None}
         per_fold = {f"fold_{f.fold}_val_acc": f.val_acc for f in result.folds}
         _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
         self.client.log_dict(run_id, result.to_dict(), "results.json")
+
+        from esc_sweep import figures
 
         names = result.class_names
         _log_figure(self.client, run_id,
@@ -633,6 +679,18 @@ class MlflowTracker(Callback):
 
     def on_exception(self, error: BaseException) -> None:
         """End every open run: KILLED for Ctrl-C (and pruned trials), FAILED otherwise."""
+        if self._starting is not None:  # let the CV run open, then end it with the others
+            self._starting.join()
+            self._starting = None
+            if self._start_error is not None:
+                log.warning("MLflow: the run could not be opened: %s", self._start_error)
+                self._start_error = None
+            if self._pending_fold is not None:
+                fold, self._pending_fold = self._pending_fold, None
+                try:
+                    self._open_fold(fold)  # so the failed or killed fold shows in MLflow too
+                except Exception as open_error:
+                    log.warning("MLflow: could not record fold %d: %s", fold, open_error)
         if self.client is None:
             return
         interrupted = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "TrialPruned"

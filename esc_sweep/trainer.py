@@ -121,8 +121,11 @@ def evaluate(
     loss_sum = torch.zeros((), device=device)
     predictions = []
     for batch_index in index.split(cfg.trainer.eval_batch_size):
+        x = data.spectrograms[batch_index]
+        if cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(cfg, device):
-            logits = model(data.spectrograms[batch_index]).float()
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, data.targets[batch_index], reduction="sum")
         predictions.append(logits.argmax(1))
     confusion = metrics.confusion_matrix(data.targets[index], torch.cat(predictions), data.num_classes).cpu()
@@ -144,7 +147,7 @@ def build_model(cfg: DictConfig, data: TrainingData, device: torch.device) -> Cl
     stats = torch.cat([b.float() for b in data.spectrograms.batches(data.train_index, 512)])
     model.standardize.fit(stats)
     model = model.to(device)
-    if device.type == "cuda" and cfg.trainer.channels_last:
+    if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -169,7 +172,7 @@ def train_model(
     batch_size = min(tc.batch_size, len(data.train_index))
     steps_per_epoch = max(1, len(data.train_index) // batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, tc.epochs, cfg.optimizer.lr)
-    augment = Augment(cfg.augmentation)
+    augment = Augment(cfg.augmentation, cfg.features.sample_rate / cfg.features.hop_length)
     ema = None
     if tc.ema_decay > 0:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -192,7 +195,7 @@ def train_model(
         for step in range(steps_per_epoch):
             batch_index = order[step * batch_size : (step + 1) * batch_size]
             x, soft_targets = augment(data.spectrograms[batch_index], eye[data.targets[batch_index]])
-            if device.type == "cuda" and tc.channels_last:
+            if tc.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(cfg, device):
                 logits = train_step(x)

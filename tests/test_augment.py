@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from esc_sweep.augment import Augment, Masking, Mixup, RandomGain, RandomTimeShift
+from esc_sweep.augment import Augment, Masking, Mixup, RandomCrop, RandomGain, RandomTimeShift
 from tests.conftest import compose_config
 
 
@@ -69,3 +69,24 @@ def test_augmentation_none_is_identity_and_default_changes_input():
     default = Augment(compose_config(["augmentation=default"]).augmentation)
     out_x, _ = default(x, y)
     assert out_x.shape == x.shape and not torch.equal(out_x, x)
+
+
+def test_random_crop_takes_a_contiguous_window_at_a_random_start_per_clip():
+    torch.manual_seed(4)
+    x = torch.arange(100.0).view(1, 1, 1, 100).repeat(32, 1, 3, 1)
+    out = RandomCrop(30)(x)
+    assert out.shape == (32, 1, 3, 30)
+    starts = out[:, 0, 0, 0].long()
+    for b in range(32):
+        assert torch.equal(out[b], x[b, :, :, starts[b] : starts[b] + 30])
+    assert starts.min() >= 0 and starts.max() <= 70
+    assert len(set(starts.tolist())) > 10  # not one start for the whole batch
+    assert RandomCrop(200)(x) is x  # longer than the clip: unchanged
+
+
+def test_crop_seconds_are_converted_to_frames_and_run_first():
+    cfg = compose_config(["augmentation=default", "augmentation.crop_seconds=2.5"]).augmentation
+    augment = Augment(cfg, frames_per_second=50.0)
+    assert isinstance(augment.steps[0], RandomCrop) and augment.steps[0].frames == 125
+    x, y = augment(torch.randn(8, 1, 64, 251), torch.eye(4)[torch.randint(0, 4, (8,))])
+    assert x.shape == (8, 1, 64, 125) and y.shape == (8, 4)
