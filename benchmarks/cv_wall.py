@@ -126,7 +126,8 @@ def instrument_trainer(clock: PhaseClock, on_first_step: Callable[[], None]) -> 
 
 def instrument_callbacks(clock: PhaseClock, callbacks: list) -> None:
     for callback in callbacks:
-        phase = "tracking" if type(callback).__name__ == "MlflowTracker" else f"callback {type(callback).__name__}"
+        is_tracker = type(callback).__name__ == "MlflowTracker" or getattr(callback, "name", None) == "mlflow"
+        phase = "tracking" if is_tracker else f"callback {type(callback).__name__}"
         for hook in HOOKS:
             if hasattr(callback, hook):
                 clock.wrap(callback, hook, phase, detail=f"{phase}.{hook}")

@@ -28,16 +28,23 @@ register_configs()
 
 
 def build_callbacks(cfg: DictConfig) -> list:
+    from esc_sweep.callbacks import BuiltInBackground
+
     callbacks = []
     if cfg.tracking.enabled:
-        from esc_sweep.tracking import MlflowTracker
-
-        callbacks.append(MlflowTracker(cfg))
+        # Importing MLflow takes 1-2 s: let it overlap loading the data.
+        callbacks.append(BuiltInBackground(lambda: _mlflow_tracker(cfg), name="mlflow"))
     if cfg.sweep.storage and cfg.sweep.trial_number is not None:
         from esc_sweep.sweep_reporter import TrialReporter
 
         callbacks.append(TrialReporter(cfg))
     return callbacks
+
+
+def _mlflow_tracker(cfg: DictConfig):
+    from esc_sweep.tracking import MlflowTracker
+
+    return MlflowTracker(cfg)
 
 
 def run(cfg: DictConfig) -> float:

@@ -6,7 +6,8 @@ trainer knows none of them. Every method is optional.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
     from esc_sweep.results import CVResult, FoldResult
@@ -66,3 +67,62 @@ class CallbackList(Callback):
     def on_exception(self, error):
         for cb in self.callbacks:
             cb.on_exception(error)
+
+
+class BuiltInBackground(Callback):
+    """A callback whose construction runs on a thread while the run gets going.
+
+    For callbacks with slow imports (MLflow: 1-2 s): the import overlaps data
+    loading and feature extraction instead of delaying them. Each hook waits
+    for the construction and forwards to the built callback; so do attribute
+    reads (``tracker.parent_run_id``). A construction error is raised by the
+    first hook.
+    """
+
+    def __init__(self, build: Callable[[], Callback], name: str = "callback"):
+        self.name = name
+        self._built: Callback | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._build, args=(build,), name=f"esc_sweep-build-{name}", daemon=True)
+        self._thread.start()
+
+    def _build(self, build: Callable[[], Callback]) -> None:
+        try:
+            self._built = build()
+        except BaseException as err:  # raised in the training thread by ``built``
+            self._error = err
+
+    @property
+    def built(self) -> Callback:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._built  # type: ignore[return-value]
+
+    def __getattr__(self, name: str) -> Any:  # only called for names this proxy lacks
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.built, name)
+
+    def on_cv_start(self, context):
+        self.built.on_cv_start(context)
+
+    def on_fold_start(self, fold, context):
+        self.built.on_fold_start(fold, context)
+
+    def on_epoch_end(self, fold, epoch, metrics):
+        self.built.on_epoch_end(fold, epoch, metrics)
+
+    def on_model_trained(self, fold, model):
+        self.built.on_model_trained(fold, model)
+
+    def on_fold_end(self, result, resumed=False):
+        self.built.on_fold_end(result, resumed)
+
+    def on_cv_end(self, result):
+        self.built.on_cv_end(result)
+
+    def on_exception(self, error):
+        self._thread.join()
+        if self._built is not None:  # nothing to clean up when it was never built
+            self._built.on_exception(error)

@@ -53,6 +53,7 @@ def test_group_choice_sets_the_values(compose_cfg):
         ("features.kind=wavelet", "features.kind"),
         ("model.dropout=1.5", "model.dropout"),
         ("augmentation.mixup_alpha=-1", "augmentation.mixup_alpha"),
+        ("augmentation.crop_seconds=-2", "augmentation.crop_seconds"),
         ("trainer.device=tpu", "trainer.device"),
         ("features.f_max=20000", "features.f_max"),
         ("dataset.num_folds=4", "dataset.num_folds"),

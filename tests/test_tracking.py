@@ -476,6 +476,21 @@ def test_unreachable_server_is_one_clear_error(tmp_path):
     assert f"no MLflow server answers at http://127.0.0.1:{port}" in text and "Traceback" not in text
 
 
+def test_store_error_found_while_training_is_one_clear_error_and_no_run_stays_open(tmp_path):
+    # The CV run is opened on a background thread; its errors must still reach the user.
+    uri = _sqlite_uri(tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("esc_sweep"))
+    out = run_cli(_cli(tmp_path, "trainer.epochs=2", folds=2), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None})
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text[-3000:]
+    assert "MLflow experiment 'esc_sweep' was deleted" in text and "Traceback" not in text
+    assert not list(tmp_path.glob("outputs/runs/*/*/results.json"))
+    deleted = client.get_experiment_by_name("esc_sweep")
+    assert client.search_runs([deleted.experiment_id], run_view_type=ViewType.ALL) == []
+
+
 # --------------------------------------------------------------------------
 # Params and figures
 
