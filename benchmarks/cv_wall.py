@@ -149,10 +149,10 @@ def first_step_child(overrides: list[str]) -> None:
     clock = PhaseClock()
     build_callbacks = app.build_callbacks
 
-    def timed_build_callbacks(cfg):
+    def timed_build_callbacks(cfg, **kwargs):
         stamps.setdefault("app_started", time.time())
         started = time.perf_counter()
-        callbacks = build_callbacks(cfg)
+        callbacks = build_callbacks(cfg, **kwargs)
         clock.seconds["tracking"] += time.perf_counter() - started
         instrument_callbacks(clock, callbacks)
         return callbacks

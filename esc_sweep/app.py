@@ -7,8 +7,10 @@ sweep maximises).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import hydra
@@ -27,13 +29,19 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+def build_callbacks(cfg: DictConfig, first: threading.Thread | None = None) -> list:
+    """The run's callbacks. Slow-to-import ones are built in the background, after ``first`` ends."""
     from esc_sweep.callbacks import BuiltInBackground
 
     callbacks = []
     if cfg.tracking.enabled:
-        # Importing MLflow takes 1-2 s: let it overlap loading the data.
-        callbacks.append(BuiltInBackground(lambda: _mlflow_tracker(cfg), name="mlflow"))
+        def build_tracker():
+            if first is not None:
+                first.join()  # imports on the way to the first training step go first
+            return _mlflow_tracker(cfg)
+
+        # Importing MLflow takes 1-2 s: let it overlap loading the data and the first steps.
+        callbacks.append(BuiltInBackground(build_tracker, name="mlflow"))
     if cfg.sweep.storage and cfg.sweep.trial_number is not None:
         from esc_sweep.sweep_reporter import TrialReporter
 
@@ -47,15 +55,30 @@ def _mlflow_tracker(cfg: DictConfig):
     return MlflowTracker(cfg)
 
 
+def _import_in_background(module: str) -> threading.Thread:
+    def work() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the training thread imports it again and reports the error
+            pass
+
+    thread = threading.Thread(target=work, name=f"esc_sweep-import-{module}", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(cfg: DictConfig) -> float:
     """Validate, cross-validate, report. Returns mean validation accuracy."""
+    # Building the first optimizer imports torch._dynamo (~1 s, for a decorator):
+    # importing it now overlaps that with loading the data.
+    warm_up = _import_in_background("torch._dynamo")
     from esc_sweep.report import print_results, write_results
     from esc_sweep.safety import check_targets
     from esc_sweep.trainer import cross_validate
 
     validate(cfg)
     check_targets(cfg)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg, first=warm_up)
     cv = cross_validate(cfg, callbacks)
     print_results(cv)  # stdout; progress and errors go to stderr
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()

@@ -70,34 +70,64 @@ class CallbackList(Callback):
 
 
 class BuiltInBackground(Callback):
-    """A callback whose construction runs on a thread while the run gets going.
+    """A callback built on a thread while the run gets going.
 
     For callbacks with slow imports (MLflow: 1-2 s): the import overlaps data
-    loading and feature extraction instead of delaying them. Each hook waits
-    for the construction and forwards to the built callback; so do attribute
-    reads (``tracker.parent_run_id``). A construction error is raised by the
-    first hook.
+    loading and the first training steps instead of delaying them. Hooks
+    called before the callback exists are queued and replayed, in order, on
+    the building thread; later hooks go straight to it. An error raised while
+    building or replaying is raised by the next hook. Attribute reads
+    (``tracker.parent_run_id``) wait for everything queued.
     """
 
     def __init__(self, build: Callable[[], Callback], name: str = "callback"):
         self.name = name
-        self._built: Callback | None = None
+        self._lock = threading.Lock()
+        self._queue: list[tuple[str, tuple]] = []
+        self._built: Callback | None = None  # set once the queue is empty: hooks then call it directly
+        self._partial: Callback | None = None  # built, still replaying the queue
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._build, args=(build,), name=f"esc_sweep-build-{name}", daemon=True)
         self._thread.start()
 
     def _build(self, build: Callable[[], Callback]) -> None:
         try:
-            self._built = build()
-        except BaseException as err:  # raised in the training thread by ``built``
-            self._error = err
+            self._partial = build()
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._built = self._partial
+                        return
+                    hook, args = self._queue.pop(0)
+                getattr(self._partial, hook)(*args)
+        except BaseException as err:  # raised in the training thread by the next hook
+            with self._lock:
+                self._queue.clear()
+                self._error = err
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _call(self, hook: str, *args: Any) -> None:
+        with self._lock:
+            waiting = self._built is None and self._error is None and self._thread.is_alive()
+            if waiting:
+                self._queue.append((hook, args))
+                return
+        self._raise_error()
+        if self._built is None:  # building failed and its error was raised already
+            return
+        getattr(self._built, hook)(*args)
 
     @property
     def built(self) -> Callback:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._built  # type: ignore[return-value]
+        self._raise_error()
+        if self._built is None:
+            raise RuntimeError(f"the {self.name} callback could not be built")
+        return self._built
 
     def __getattr__(self, name: str) -> Any:  # only called for names this proxy lacks
         if name.startswith("_"):
@@ -105,24 +135,27 @@ class BuiltInBackground(Callback):
         return getattr(self.built, name)
 
     def on_cv_start(self, context):
-        self.built.on_cv_start(context)
+        self._call("on_cv_start", context)
 
     def on_fold_start(self, fold, context):
-        self.built.on_fold_start(fold, context)
+        self._call("on_fold_start", fold, context)
 
     def on_epoch_end(self, fold, epoch, metrics):
-        self.built.on_epoch_end(fold, epoch, metrics)
+        self._call("on_epoch_end", fold, epoch, dict(metrics))
 
     def on_model_trained(self, fold, model):
-        self.built.on_model_trained(fold, model)
+        self._call("on_model_trained", fold, model)
 
     def on_fold_end(self, result, resumed=False):
-        self.built.on_fold_end(result, resumed)
+        self._call("on_fold_end", result, resumed)
 
     def on_cv_end(self, result):
-        self.built.on_cv_end(result)
+        self._thread.join()  # everything queued is logged before the run ends
+        self._call("on_cv_end", result)
 
     def on_exception(self, error):
         self._thread.join()
-        if self._built is not None:  # nothing to clean up when it was never built
-            self._built.on_exception(error)
+        target = self._built or self._partial
+        self._error = None  # the run is stopping with ``error`` already
+        if target is not None:
+            target.on_exception(error)

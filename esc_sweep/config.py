@@ -69,6 +69,9 @@ class FeaturesConfig:
     # Compute features once per run and augment spectrograms (fast). False
     # recomputes them from waveforms for every batch.
     precompute: bool = True
+    # CPU runs: keep computed spectrograms on disk (beside the waveform cache) so
+    # the next run with the same clips and features starts seconds sooner.
+    cache: bool = True
 
 
 @dataclass

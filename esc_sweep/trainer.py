@@ -31,6 +31,8 @@ from esc_sweep.augment import Augment
 from esc_sweep.callbacks import Callback, CallbackList
 from esc_sweep.checkpoint import FoldCheckpoints, config_key
 from esc_sweep.data import ClipSet, load_clipset
+from esc_sweep.data.cache import default_cache_dir
+from esc_sweep.data.feature_cache import cache_key, cached_features
 from esc_sweep.errors import ConfigError, NonFiniteLossError, OutOfMemoryError
 from esc_sweep.features import build_features, compute_features
 from esc_sweep.models import Classifier, count_parameters, create_model
@@ -73,7 +75,15 @@ class Spectrograms:
         self.extractor = build_features(cfg.features).to(device)
         self.precomputed = bool(cfg.features.precompute)
         if self.precomputed:
-            self.data = compute_features(self.extractor, clips.waveforms, device)
+            def compute() -> torch.Tensor:
+                return compute_features(self.extractor, clips.waveforms, device)
+
+            if cfg.features.cache and device.type == "cpu":  # on a GPU computing them takes milliseconds
+                folder = default_cache_dir(cfg.dataset.cache_dir) / "features"
+                key = cache_key(clips.fingerprint, clips.waveforms, OmegaConf.to_container(cfg.features, resolve=True))
+                self.data = cached_features(folder, key, compute)
+            else:
+                self.data = compute()
         else:
             self.data = clips.waveforms.to(device)
         self.num_bins = self[torch.zeros(1, dtype=torch.long, device=device)].shape[2]
