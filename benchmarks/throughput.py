@@ -137,7 +137,7 @@ class ModelStep:
 
     def __call__(self, x: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
         tc = self.cfg.trainer
-        if self.device.type == "cuda" and tc.channels_last:
+        if tc.channels_last:  # as the trainer does, on CPU and GPU
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.cfg, self.device):
             logits = self.forward(x)
@@ -203,7 +203,7 @@ def model_only_step(cfg: DictConfig, data: TrainingData, device: torch.device, t
     batches = []
     for chunk in index.split(batch_size):
         x = data.spectrograms[chunk].contiguous()
-        if device.type == "cuda" and cfg.trainer.channels_last:
+        if cfg.trainer.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append((x, eye[data.targets[chunk]]))
     return lambda i: model_step(*batches[i % len(batches)])
