@@ -75,18 +75,20 @@ class Spectrograms:
         self.extractor = build_features(cfg.features).to(device)
         self.precomputed = bool(cfg.features.precompute)
         if self.precomputed:
-            def compute() -> torch.Tensor:
-                return compute_features(self.extractor, clips.waveforms, device)
-
-            if cfg.features.cache and device.type == "cpu":  # on a GPU computing them takes milliseconds
-                folder = default_cache_dir(cfg.dataset.cache_dir) / "features"
-                key = cache_key(clips.fingerprint, clips.waveforms, OmegaConf.to_container(cfg.features, resolve=True))
-                self.data = cached_features(folder, key, compute)
-            else:
-                self.data = compute()
+            self.data = self._precompute(cfg, clips, device)
         else:
             self.data = clips.waveforms.to(device)
         self.num_bins = self[torch.zeros(1, dtype=torch.long, device=device)].shape[2]
+
+    def _precompute(self, cfg: DictConfig, clips: ClipSet, device: torch.device) -> torch.Tensor:
+        def compute() -> torch.Tensor:
+            return compute_features(self.extractor, clips.waveforms, device)
+
+        if not (cfg.features.cache and device.type == "cpu"):  # on a GPU computing them takes milliseconds
+            return compute()
+        folder = default_cache_dir(cfg.dataset.cache_dir) / "features"
+        key = cache_key(clips.fingerprint, clips.waveforms, OmegaConf.to_container(cfg.features, resolve=True))
+        return cached_features(folder, key, compute)
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         if self.precomputed:
