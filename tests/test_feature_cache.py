@@ -48,8 +48,19 @@ def test_only_the_most_recently_used_files_are_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(feature_cache, "MAX_FILES", 2)
     for i, key in enumerate(["a", "b", "c"]):
         cached_features(tmp_path, key, lambda: torch.zeros(2, 1, 2, 2))
-        os.utime(tmp_path / f"features-{key}.pt", (time.time() + i, time.time() + i))
+        os.utime(tmp_path / f"features-{key}.pt", (time.time() - 100 + i, time.time() - 100 + i))  # older than the next write
     assert sorted(p.name for p in tmp_path.glob("features-*.pt")) == ["features-b.pt", "features-c.pt"]
+
+
+def test_the_cache_stays_under_its_byte_budget_but_keeps_the_newest(tmp_path, monkeypatch):
+    monkeypatch.setattr(feature_cache, "MAX_BYTES", 6000)  # room for one 4000-byte set, not two
+    for i, key in enumerate(["a", "b"]):
+        cached_features(tmp_path, key, lambda: torch.zeros(1000))
+        os.utime(tmp_path / f"features-{key}.pt", (time.time() - 100 + i, time.time() - 100 + i))  # older than the next write
+    assert [p.name for p in tmp_path.glob("features-*.pt")] == ["features-b.pt"]
+    monkeypatch.setattr(feature_cache, "MAX_BYTES", 10)  # smaller than any set: the newest still stays
+    cached_features(tmp_path, "c", lambda: torch.zeros(1000))
+    assert [p.name for p in tmp_path.glob("features-*.pt")] == ["features-c.pt"]
 
 
 def test_a_damaged_file_is_recomputed(tmp_path):

@@ -8,7 +8,8 @@ A file is keyed by the clips (their fingerprint plus a sample of the waveform
 values, so edited audio is never served stale features) and the resolved
 features config. The values are exactly what was computed (float32), so a run
 that reads the cache trains exactly like the one that wrote it. Each file is
-hundreds of MB: only the ``MAX_FILES`` most recently used are kept.
+hundreds of MB (2 GB for a full STFT): only the most recently used are kept,
+at most ``MAX_FILES`` files and ``MAX_BYTES`` in all (the newest always stays).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 MAX_FILES = 4
+MAX_BYTES = 2 * 1024**3
 
 
 def cache_key(fingerprint: str, waveforms: torch.Tensor, features: Mapping[str, Any]) -> str:
@@ -51,7 +53,7 @@ def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor])
     features = compute()
     try:
         _write(path, features)
-        _keep_newest(folder, MAX_FILES)
+        _keep_newest(folder, MAX_FILES, MAX_BYTES)
     except OSError as exc:  # a full or read-only disk costs speed, not the run
         log.warning("could not write the feature cache %s (%s)", path, exc)
     return features
@@ -69,10 +71,14 @@ def _write(path: Path, features: torch.Tensor) -> None:
             os.unlink(tmp)
 
 
-def _keep_newest(folder: Path, keep: int) -> None:
+def _keep_newest(folder: Path, max_files: int, max_bytes: int) -> None:
     files = sorted(folder.glob("features-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in files[keep:]:
+    total = 0
+    for rank, path in enumerate(files):
+        total += path.stat().st_size
+        if rank == 0 or (rank < max_files and total <= max_bytes):
+            continue
         try:
-            old.unlink()
+            path.unlink()
         except OSError:
             pass
