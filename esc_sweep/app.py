@@ -35,6 +35,12 @@ def build_callbacks(cfg: DictConfig, first: threading.Thread | None = None) -> l
 
     callbacks = []
     if cfg.tracking.enabled:
+        from esc_sweep.tracking_uri import check_server, is_server, resolve_tracking_uri
+
+        uri = resolve_tracking_uri(cfg)
+        if is_server(uri):
+            check_server(uri)  # no server: say so now, not after the first epoch
+
         def build_tracker():
             if first is not None:
                 first.join()  # imports on the way to the first training step go first

@@ -43,6 +43,7 @@ from torch import nn
 
 from esc_sweep.config import FeaturesConfig, ModelConfig
 from esc_sweep.errors import EscSweepError
+from esc_sweep.tracking_uri import is_server, resolve_tracking_uri, server_problem
 
 log = logging.getLogger("esc_sweep")
 
@@ -213,8 +214,6 @@ def tracking_uri_for(cfg: Optional[DictConfig] = None, explicit: Optional[str] =
     $MLFLOW_TRACKING_URI, ./mlruns) for ``cfg``."""
     if explicit:
         return explicit
-    from esc_sweep.tracking import resolve_tracking_uri
-
     return resolve_tracking_uri(cfg)
 
 
@@ -265,8 +264,11 @@ def _download_bundle(run_id: str, destination: Path, tracking_uri: Optional[str]
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri_for(explicit=tracking_uri)
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
+    problem = server_problem(uri) if is_server(uri) else None
+    if problem is not None:
+        raise BundleError(
+            f"no MLflow server answers at {uri} ({problem}): start it, or fix --tracking-uri / MLFLOW_TRACKING_URI"
+        )
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)
@@ -288,19 +290,6 @@ def _download_bundle(run_id: str, destination: Path, tracking_uri: Optional[str]
     except (MlflowException, OSError) as err:
         raise BundleError(f"{no_bundle} ({_first_line(err)})") from None
     return _local_bundle_dir(Path(local))
-
-
-def _check_server(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when no server answers."""
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-    except requests.RequestException as err:
-        raise BundleError(
-            f"no MLflow server answers at {uri} ({type(err).__name__}): start it, or fix --tracking-uri / "
-            f"MLFLOW_TRACKING_URI"
-        ) from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -33,3 +33,7 @@ class NonFiniteLossError(TrainingError):
 
 class OutOfMemoryError(TrainingError):
     """The accelerator ran out of memory."""
+
+
+class TrackingError(EscSweepError):
+    """The MLflow store cannot be used (wrong URI, server down, deleted experiment)."""

@@ -31,7 +31,6 @@ import logging
 import platform
 import subprocess
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -45,7 +44,9 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.callbacks import Callback
-from esc_sweep.errors import EscSweepError
+from esc_sweep.errors import TrackingError
+from esc_sweep.tracking_uri import default_root as _default_root
+from esc_sweep.tracking_uri import check_server, is_server, resolve_tracking_uri  # noqa: F401 (re-exported)
 from esc_sweep.results import CVResult, FoldResult
 
 log = logging.getLogger("esc_sweep.tracking")
@@ -76,30 +77,8 @@ _MAX_BATCH = 100  # MLflow's limit on params/tags per log_batch call
 _STUDY_URIS: dict[str, str] = {}
 
 
-class TrackingError(EscSweepError):
-    """The MLflow store cannot be used (wrong URI, server down, deleted experiment)."""
-
-
 # --------------------------------------------------------------------------
 # Store
-
-
-def _default_root() -> Path:
-    from esc_sweep.trainer import original_cwd
-
-    return original_cwd() / "mlruns"
-
-
-def resolve_tracking_uri(cfg: Any = None) -> str:
-    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store under ./mlruns."""
-    import os
-
-    uri = OmegaConf.select(cfg, "tracking.uri") if cfg is not None else None
-    if uri:
-        return str(uri)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{_default_root() / 'mlflow.db'}"
 
 
 def _default_artifact_location(uri: str) -> str | None:
@@ -119,23 +98,10 @@ def _quiet_mlflow_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _check_server(uri: str) -> None:
-    """Fail in seconds, not after MLflow's minutes of retries, when no server answers."""
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-    except requests.RequestException as err:
-        raise TrackingError(
-            f"no MLflow server answers at {uri} ({type(err).__name__}). Start it, fix tracking.uri / "
-            "$MLFLOW_TRACKING_URI, or unset both to track into ./mlruns."
-        ) from None
-
-
 def _client(uri: str) -> MlflowClient:
     _quiet_mlflow_logging()
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
+    if is_server(uri):
+        check_server(uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -391,45 +357,20 @@ class MlflowTracker(Callback):
         self._earlier_fold_runs: dict[int, list] = {}  # fold runs of an interrupted attempt
         self._model: torch.nn.Module | None = None
         self._num_parameters: int | None = None
-        self._starting: threading.Thread | None = None  # opens the CV run in the background
-        self._start_error: BaseException | None = None
-        self._pending_fold: int | None = None  # started before the CV run was open
 
     # ---- CV start: open (or reopen) the CV run
 
     def on_cv_start(self, context: dict[str, Any]) -> None:
-        # Opening the store and the CV run takes seconds (SQLite schema checks,
-        # parameters, git): that happens on a background thread while the first
-        # fold starts training. Every later hook first waits for it
-        # (``_wait_until_started``) and raises its error, if any.
-        if self.tracking_uri.startswith(("http://", "https://")):
-            _check_server(self.tracking_uri)  # no server: fail now, not after the first epoch
-        self._starting = threading.Thread(
-            target=self._start_in_background, args=(context,), name="esc_sweep-mlflow-start", daemon=True
-        )
-        self._starting.start()
-
-    def _start_in_background(self, context: dict[str, Any]) -> None:
+        # The app builds this tracker with esc_sweep.callbacks.BuiltInBackground, so
+        # this usually runs on that thread, not on the training thread.
         try:
             self._start(context)
-        except BaseException as err:  # handed to the training thread by _wait_until_started
-            self._start_error = err
-
-    def _wait_until_started(self) -> None:
-        thread, self._starting = self._starting, None
-        if thread is None:
-            return
-        thread.join()
-        error, self._start_error = self._start_error, None
-        if error is not None:
-            self._pending_fold = None
-            self.on_exception(error)
-            if isinstance(error, MlflowException):
-                raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {error.message}") from error
-            raise error
-        if self._pending_fold is not None:
-            fold, self._pending_fold = self._pending_fold, None
-            self._open_fold(fold)
+        except MlflowException as err:
+            self.on_exception(err)
+            raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {err.message}") from err
+        except BaseException as err:
+            self.on_exception(err)
+            raise
 
     def _start(self, context: dict[str, Any]) -> None:
         cfg = self.cfg
@@ -514,13 +455,6 @@ class MlflowTracker(Callback):
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         self._model = context.get("model")
         self._num_parameters = context.get("num_parameters")
-        if self._starting is not None and self._starting.is_alive():
-            self._pending_fold = fold  # opened once the CV run is (first epoch end at the latest)
-            return
-        self._wait_until_started()
-        self._open_fold(fold)
-
-    def _open_fold(self, fold: int) -> None:
         if self._num_parameters is not None:
             self._log_parent_params({"num_parameters": str(self._num_parameters)})
         # This fold trains again: runs of an interrupted attempt at it are superseded.
@@ -553,7 +487,6 @@ class MlflowTracker(Callback):
         self._model = model  # the evaluated model (EMA copy when enabled)
 
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
-        self._wait_until_started()
         run_id = self._fold_runs.get(fold)
         if run_id is None:
             return
@@ -562,7 +495,6 @@ class MlflowTracker(Callback):
         self._logged[fold].update((key, epoch) for key in values)
 
     def on_fold_end(self, result: FoldResult, resumed: bool = False) -> None:
-        self._wait_until_started()
         fold = result.fold
         if resumed:
             earlier = self._earlier_fold_runs.get(fold, [])
@@ -647,7 +579,6 @@ class MlflowTracker(Callback):
     # ---- CV end
 
     def on_cv_end(self, result: CVResult) -> None:
-        self._wait_until_started()
         run_id = self.parent_run_id
         summary = {k: v for k, v in result.summary().items() if v is not None}
         per_fold = {f"fold_{f.fold}_val_acc": f.val_acc for f in result.folds}
@@ -679,18 +610,6 @@ class MlflowTracker(Callback):
 
     def on_exception(self, error: BaseException) -> None:
         """End every open run: KILLED for Ctrl-C (and pruned trials), FAILED otherwise."""
-        if self._starting is not None:  # let the CV run open, then end it with the others
-            self._starting.join()
-            self._starting = None
-            if self._start_error is not None:
-                log.warning("MLflow: the run could not be opened: %s", self._start_error)
-                self._start_error = None
-            if self._pending_fold is not None:
-                fold, self._pending_fold = self._pending_fold, None
-                try:
-                    self._open_fold(fold)  # so the failed or killed fold shows in MLflow too
-                except Exception as open_error:
-                    log.warning("MLflow: could not record fold %d: %s", fold, open_error)
         if self.client is None:
             return
         interrupted = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "TrialPruned"

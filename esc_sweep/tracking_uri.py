@@ -1,0 +1,60 @@
+"""Where MLflow records go, and whether a tracking server answers.
+
+Kept apart from ``esc_sweep.tracking`` because it must not import MLflow
+(1-2 s): the app checks a server before training, while MLflow itself loads
+in the background.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from esc_sweep.errors import TrackingError
+
+
+def default_root() -> Path:
+    from esc_sweep.trainer import original_cwd
+
+    return original_cwd() / "mlruns"
+
+
+def resolve_tracking_uri(cfg: Any = None) -> str:
+    """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite store under ./mlruns."""
+    uri = OmegaConf.select(cfg, "tracking.uri") if cfg is not None else None
+    if uri:
+        return str(uri)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{default_root() / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def server_problem(uri: str) -> str | None:
+    """None when the server at ``uri`` answers its health check, else what went wrong.
+
+    Seconds, not MLflow's minutes of retries.
+    """
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except requests.RequestException as err:
+        return type(err).__name__
+    return None
+
+
+def check_server(uri: str) -> None:
+    """Raise TrackingError when no MLflow server answers at ``uri``."""
+    problem = server_problem(uri)
+    if problem is not None:
+        raise TrackingError(
+            f"no MLflow server answers at {uri} ({problem}). Start it, fix tracking.uri / "
+            "$MLFLOW_TRACKING_URI, or unset both to track into ./mlruns."
+        )
