@@ -111,14 +111,28 @@ def browser(tmp_path_factory):
 
 def upload_through_page(driver, url: str, path: Path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(url)
     old_page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, "audio-file").send_keys(str(path))
     driver.find_element(By.ID, "submit").click()
-    WebDriverWait(driver, 120).until(EC.staleness_of(old_page))  # the answer page has loaded
+    WebDriverWait(driver, 120).until(lambda d: _is_gone(old_page))  # the answer page has loaded
+
+
+def _is_gone(element) -> bool:
+    """EC.staleness_of, also for the error Chromium gives while the old page is torn down."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as err:
+        if "does not belong to the document" in str(err):
+            return True
+        raise
+    return False
 
 
 def page_predictions(driver) -> list[tuple[str, float]]:
