@@ -1,7 +1,7 @@
 """Helpers shared by the benchmark scripts: config composition, machine facts, JSON.
 
 The benchmarks compose the app's config exactly as ``python -m esc_sweep``
-does (Hydra compose API over ``conf/`` with the structured-config schema), so
+does (Hydra compose API over ``esc_sweep/conf/`` with the structured-config schema), so
 any override the CLI takes works here too.
 """
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
 if str(REPO) not in sys.path:  # running ``python benchmarks/x.py`` from a fresh clone
     sys.path.insert(0, str(REPO))
 
@@ -28,6 +27,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from esc_sweep.config import register_configs  # noqa: E402
+from esc_sweep.paths import CONFIG_DIR as CONF  # noqa: E402
 
 # Without ESC-50 the benchmarks fall back to synthetic tones with ESC-50's clip
 # length (5 s -> 501 frames at the default hop), so feature shapes and hence

@@ -1,3 +1,3 @@
 """esc_sweep: cross-validated experiment sweeps for environmental sound classification."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -21,10 +21,10 @@ from rich.markup import escape
 
 from esc_sweep.config import register_configs, validate
 from esc_sweep.errors import EscSweepError
+from esc_sweep.paths import CONFIG_DIR
 from esc_sweep.progress import console
 
 log = logging.getLogger("esc_sweep")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 register_configs()
 
@@ -103,7 +103,7 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="config")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         return run(cfg)

@@ -35,6 +35,21 @@ def check_overrides(args: list[str]) -> None:
             raise ConfigError(f"{arg!r}: refused. hydra.callbacks cannot be set from the command line.")
 
 
+def version_text() -> str:
+    """The package version and the torch stack it runs on (importing both proves they load together)."""
+    import torch
+    import torchaudio
+
+    from esc_sweep import __version__
+
+    if torch.version.cuda is None:
+        cuda = "CPU-only build"
+    else:
+        cuda = f"CUDA {torch.version.cuda}, " + (
+            f"{torch.cuda.device_count()} GPU(s) visible" if torch.cuda.is_available() else "no GPU visible")
+    return f"esc_sweep {__version__} (torch {torch.__version__}, torchaudio {torchaudio.__version__}, {cuda})"
+
+
 def main() -> None:
     from esc_sweep.cpu_runtime import configure
 
@@ -44,6 +59,9 @@ def main() -> None:
     from rich.markup import escape
 
     _sigterm_as_interrupt()
+    if sys.argv[1:2] in (["--version"], ["-V"]):
+        print(version_text())
+        return
     try:
         if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
             import importlib

@@ -1,4 +1,4 @@
-"""Structured configs: the schema of everything under ``conf/``.
+"""Structured configs: the schema of everything under ``esc_sweep/conf/``.
 
 Hydra merges the YAML files of each config group into these dataclasses, so a
 misspelt key or a value of the wrong type fails at composition time. Value

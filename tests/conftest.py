@@ -17,7 +17,6 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
-CONF = REPO / "conf"
 
 from esc_sweep.cpu_runtime import configure  # noqa: E402  (before torch: passive OpenMP waiting)
 
@@ -25,6 +24,7 @@ configure()
 os.environ.setdefault("ESC_SWEEP_CACHE", str(REPO / ".cache" / "test-waveforms"))
 
 from esc_sweep.config import register_configs  # noqa: E402
+from esc_sweep.paths import CONFIG_DIR as CONF  # noqa: E402
 
 register_configs()
 

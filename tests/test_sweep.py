@@ -362,8 +362,10 @@ def compose_with_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from esc_sweep.paths import CONFIG_DIR
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf")):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR)):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
