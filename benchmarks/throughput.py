@@ -9,14 +9,21 @@ same clips, it measures:
 (a) model only: forward + backward + optimizer step on batches of spectrograms
     made beforehand and already on the device. Nothing else happens, so this
     is the ceiling for the configured model, batch size and device.
-(b) esc_sweep: the trainer's own ``train_model`` (device-resident spectrograms,
-    index batches, batched augmentation, the same model step), timed from the
-    end of the warm-up steps to the end of its hot loop.
+(b) esc_sweep: the trainer's own ``esc_sweep.training.loop.fit`` (device-resident
+    spectrograms, index batches, batched augmentation, ``train_step``), timed
+    from the end of the warm-up steps to the end of its hot loop by a
+    ``Callback`` (``on_step_end`` counts and stamps the steps).
 (c) conventional: a torch ``DataLoader`` whose ``Dataset`` computes one clip's
     log-mel spectrogram and augmentation on the CPU in ``__getitem__`` (the way
     typical ESC-50 code trains), with ``os.cpu_count() - 1`` workers, then the
     same model step. Audio is already decoded in memory, so (c) is not charged
     for file decoding: the comparison is about features and augmentation.
+
+All three modes run the trainer's own step, ``esc_sweep.training.loop.train_step``
+on a ``make_trainee`` (forward under the trainer's autocast, soft
+cross-entropy, backward, clipping, optimizer and schedule, EMA): (a) and (c)
+call it directly, (b) through ``fit``. The modes differ only in how batches
+are made.
 
 On CPU, (a) and (b) run step by step in turn (``--sequential`` turns this
 off): other processes' load on a shared machine changes within seconds, and
@@ -47,24 +54,15 @@ import common  # noqa: E402  (puts the repo on sys.path too)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch import nn  # noqa: E402
 
-from esc_sweep.augment import Mixup  # noqa: E402
-from esc_sweep.callbacks import Callback  # noqa: E402
 from esc_sweep.config import validate  # noqa: E402
 from esc_sweep.data import ClipSet, load_clipset  # noqa: E402
-from esc_sweep.features import build_features  # noqa: E402
-from esc_sweep.optim import build_optimizer, build_scheduler  # noqa: E402
-from esc_sweep.trainer import (  # noqa: E402
-    Spectrograms,
-    TrainingData,
-    autocast,
-    build_model,
-    pick_device,
-    seed_everything,
-    soft_cross_entropy,
-    train_model,
-)
+from esc_sweep.features.augment import Mixup  # noqa: E402
+from esc_sweep.features.store import Spectrograms  # noqa: E402
+from esc_sweep.features.transforms import build_features  # noqa: E402
+from esc_sweep.runtime import pick_device, seed_everything  # noqa: E402
+from esc_sweep.training.callbacks import Callback  # noqa: E402
+from esc_sweep.training.loop import TrainingData, Trainee, build_model, fit, make_trainee, train_step  # noqa: E402
 
 MODES = {
     "a": "model only (ceiling)",
@@ -114,43 +112,10 @@ def tiled_index(num_clips: int, length: int, device: torch.device) -> torch.Tens
     return torch.arange(length, device=device) % num_clips
 
 
-class ModelStep:
-    """The model half of a training step exactly as ``train_model`` does it.
-
-    Forward under the trainer's autocast, soft cross-entropy, backward,
-    optional gradient clipping, optimizer and scheduler step, optional EMA.
-    Used by (a) and (c) so that the three modes differ only in how batches
-    are made.
-    """
-
-    def __init__(self, cfg: DictConfig, model: nn.Module, device: torch.device, total_steps: int):
-        self.cfg, self.model, self.device = cfg, model, device
-        self.optimizer = build_optimizer(cfg.optimizer, model, device)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps, 1, cfg.optimizer.lr)
-        self.forward = torch.compile(model) if cfg.trainer.compile else model
-        self.ema = None
-        if cfg.trainer.ema_decay > 0:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True
-            )
-        model.train()
-
-    def __call__(self, x: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
-        tc = self.cfg.trainer
-        if tc.channels_last:  # as the trainer does, on CPU and GPU
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.cfg, self.device):
-            logits = self.forward(x)
-        loss = soft_cross_entropy(logits, soft_targets, tc.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update_parameters(self.model)
-        return loss.detach()
+def trainee_for(cfg: DictConfig, model: torch.nn.Module, device: torch.device, total_steps: int) -> Trainee:
+    """The trainer's optimizer, schedule (one epoch of ``total_steps``), EMA and forward for (a) and (c)."""
+    model.train()
+    return make_trainee(cfg, model, device, steps_per_epoch=total_steps, epochs=1)
 
 
 def timed_loop(
@@ -196,17 +161,16 @@ def _step_seconds(start: float, ends: list[float]) -> list[float]:
 def model_only_step(cfg: DictConfig, data: TrainingData, device: torch.device, total: int) -> Callable[[int], torch.Tensor]:
     """``step(i)`` for mode (a): a fresh model trained on batches made before timing."""
     batch_size = cfg.trainer.batch_size
-    model = build_model(cfg, data, device)
-    model_step = ModelStep(cfg, model, device, total)
+    trainee = trainee_for(cfg, build_model(cfg, data, device), device, total)
     eye = torch.eye(data.num_classes, device=device)
     index = tiled_index(len(data.train_index), batch_size * min(8, total), device)
     batches = []
     for chunk in index.split(batch_size):
         x = data.spectrograms[chunk].contiguous()
-        if cfg.trainer.channels_last:
+        if cfg.trainer.channels_last:  # made before timing: train_step's own conversion is then a no-op
             x = x.contiguous(memory_format=torch.channels_last)
         batches.append((x, eye[data.targets[chunk]]))
-    return lambda i: model_step(*batches[i % len(batches)])
+    return lambda i: train_step(trainee, *batches[i % len(batches)])
 
 
 def run_model_only(cfg: DictConfig, data: TrainingData, device: torch.device, steps: int, warmup: int) -> dict:
@@ -214,38 +178,45 @@ def run_model_only(cfg: DictConfig, data: TrainingData, device: torch.device, st
 
 
 # --------------------------------------------------------------------------
-# (b) esc_sweep: the trainer's own train_model
+# (b) esc_sweep: the trainer's own fit
 
 
-class _StepClock:
-    """Stands in for ``TrainingProgress``: ``train_model`` calls ``step()`` after every step.
+class StepClock(Callback):
+    """Times ``fit``'s steps through the trainer's callback hooks.
 
-    It times the steps after the warm-up (one device synchronisation at the
-    end of the warm-up, none elsewhere). ``between(i)``, when given, runs after
-    step ``i`` on the clock's own time, which is not charged to esc_sweep: the
-    paired mode uses it to run the model-only step there. After the last step
-    it points the training-set evaluation that ``train_model`` always runs at
-    the end at a single row, because the benchmark measures only the hot loop.
+    ``on_step_end`` counts and stamps the steps after the warm-up (one device
+    synchronisation at the end of the warm-up, none elsewhere).
+    ``on_epoch_end`` closes the window: the end of the hot loop is the epoch's
+    end minus its ``eval_seconds`` (the epoch's ``train_seconds`` ends after
+    its one host synchronisation). ``between(i)``, when given, runs after step
+    ``i`` on the clock's own time, which is not charged to esc_sweep: the
+    paired mode runs the model-only step there. After the last step it points
+    ``data.train_index`` (the benchmark's own ``TrainingData``) at one row, so
+    the training-set evaluation ``fit`` runs after its last epoch costs nothing.
     """
 
     def __init__(self, device: torch.device, warmup: int, total: int, data: TrainingData,
                  between: Callable[[int], None] | None = None):
         self.device, self.warmup, self.total, self.data, self.between = device, warmup, total, data, between
         self.count = 0
-        self.fold_started = self.warm_at = self.resumed = 0.0
+        self.warm_at = self.resumed = self.hot_loop_end = 0.0
+        self.first_step_end = 0.0
         self.cpu_used = 0.0  # CPU time of timed steps
         self.cpu_resumed = None
         self.away = 0.0  # wall time spent in between() after the warm-up
         self.step_seconds: list[float] = []
+        self.record: dict[str, float] | None = None
 
-    def start_fold(self, fold: int, epochs: int, steps_per_epoch: int) -> None:
-        assert steps_per_epoch == self.total, (steps_per_epoch, self.total)
-        self.fold_started = self.warm_at = self.resumed = time.perf_counter()
+    def on_fold_start(self, fold: int, context: dict) -> None:
+        assert context["steps_per_epoch"] == self.total and context["epochs"] == 1, context
+        self.warm_at = self.resumed = time.perf_counter()
         self.cpu_resumed = common.cpu_seconds()
 
-    def step(self) -> None:
+    def on_step_end(self, fold: int, step: int) -> None:
         now, cpu_now = time.perf_counter(), common.cpu_seconds()
         self.count += 1
+        if self.count == 1:
+            self.first_step_end = now
         if self.count > self.warmup:
             if self.device.type == "cpu":  # CPU work is synchronous: per-step times are real
                 self.step_seconds.append(round(now - self.resumed, 4))
@@ -262,8 +233,16 @@ class _StepClock:
             self.warm_at = time.perf_counter()
         self.resumed, self.cpu_resumed = time.perf_counter(), common.cpu_seconds()
 
-    def end_epoch(self, fold: int, epoch: int, metrics: dict) -> None:
-        pass
+    def on_epoch_end(self, fold: int, epoch: int, record: dict[str, float]) -> None:
+        now = time.perf_counter()
+        assert self.count == self.total, (self.count, self.total)
+        self.record = dict(record)
+        epoch_start = now - record["epoch_seconds"]
+        self.hot_loop_end = epoch_start + record["train_seconds"]
+        if self.warmup == 0:  # the window opens when the epoch's loop does, not at on_fold_start
+            self.warm_at = epoch_start
+            if self.step_seconds:
+                self.step_seconds[0] = round(self.first_step_end - epoch_start, 4)
 
 
 def run_esc_sweep(
@@ -280,14 +259,13 @@ def run_esc_sweep(
         train_index=tiled_index(len(data.train_index), total * cfg.trainer.batch_size, device),
         val_index=None,
     )
-    clock = _StepClock(device, warmup, total, run_data, between)
-    _, history, _ = train_model(cfg, run_data, device, fold=1, callbacks=Callback(), progress=clock)
-    # train_seconds ends after the epoch's loss is read back (the host sync).
-    hot_loop_end = clock.fold_started + history[0]["train_seconds"]
+    clock = StepClock(device, warmup, total, run_data, between)
+    fit(cfg, run_data, device, fold=1, callbacks=clock)
+    assert clock.record is not None, "fit ran no epoch"
     return {
-        "seconds": hot_loop_end - clock.warm_at - clock.away,
+        "seconds": clock.hot_loop_end - clock.warm_at - clock.away,
         "cpu_seconds": clock.cpu_used if clock.cpu_resumed is not None else None,
-        "loss": history[0]["train_loss"],
+        "loss": clock.record["train_loss"],
         "step_seconds": clock.step_seconds,
     }
 
@@ -378,8 +356,7 @@ def run_conventional(
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
     )
-    model = build_model(cfg, data, device)
-    model_step = ModelStep(cfg, model, device, total)
+    trainee = trainee_for(cfg, build_model(cfg, data, device), device, total)
     mixup = Mixup(cfg.augmentation.mixup_alpha, cfg.augmentation.mixup_prob) if cfg.augmentation.mixup_alpha > 0 else None
     eye = torch.eye(data.num_classes, device=device)
     batches = iter(loader)
@@ -390,7 +367,7 @@ def run_conventional(
         soft = eye[y]
         if mixup is not None:
             x, soft = mixup(x, soft)
-        return model_step(x, soft)
+        return train_step(trainee, x, soft)
 
     def cpu_clock() -> float | None:  # this process plus its DataLoader workers
         own = common.cpu_seconds()
@@ -451,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = pick_device(cfg.trainer.device)
     num_workers = common.conventional_num_workers() if args.num_workers is None else args.num_workers
     load_start = common.load_average()
-    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic, cfg.trainer.compile)
 
     clips = load_clips(cfg, args.clips, cfg.trainer.seed)
     spectrograms = Spectrograms(cfg, clips, device)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 SUBCOMMANDS = {
-    "predict": "esc_sweep.predict",
-    "serve": "esc_sweep.serve",
-    "plots": "esc_sweep.plots",
+    "predict": "esc_sweep.app.predict",
+    "serve": "esc_sweep.app.serve",
+    "plots": "esc_sweep.app.train.plots",
 }
 
 
@@ -51,11 +51,11 @@ def version_text() -> str:
 
 
 def main() -> None:
-    from esc_sweep.cpu_runtime import configure
+    from esc_sweep.runtime import configure
 
     configure()  # before anything imports torch
     from esc_sweep.errors import EscSweepError
-    from esc_sweep.progress import console
+    from esc_sweep.console import console
     from rich.markup import escape
 
     _sigterm_as_interrupt()
@@ -72,6 +72,6 @@ def main() -> None:
     except EscSweepError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
-    from esc_sweep.app import main as train
+    from esc_sweep.app.train import main as train
 
     train()

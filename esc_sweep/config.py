@@ -151,6 +151,8 @@ class TrainerConfig:
     # After the CV, retrain on all folds and save a model bundle.
     final_fit: bool = False
     progress: bool = True
+    # Stop after the dry run (features, model, optimizer and one step on dummy data; no data is read).
+    dry_run: bool = False
 
 
 @dataclass
@@ -307,6 +309,9 @@ def validate(cfg: Any) -> None:
     win = _get(cfg, "features.win_length")
     check(win is None or 0 < win <= _get(cfg, "features.n_fft"), "features.win_length", "must be in (0, n_fft]")
     check(bool(str(_get(cfg, "model.name")).strip()), "model.name", "must not be empty")
+    # Parameters grow with width squared: 1024 is already ~400 M; larger is a typo, and allocating it hangs a machine.
+    width = _get(cfg, "model.width")
+    check(not _finite(width) or width <= 1024, "model.width", "must be <= 1024")
     if _get(cfg, "features.kind") == "mfcc":
         check(_get(cfg, "features.n_mfcc") <= _get(cfg, "features.n_mels"), "features.n_mfcc",
               "must be <= features.n_mels")

@@ -37,3 +37,7 @@ class OutOfMemoryError(TrainingError):
 
 class TrackingError(EscSweepError):
     """The MLflow store cannot be used (wrong URI, server down, deleted experiment)."""
+
+
+class BundleError(EscSweepError):
+    """A model bundle cannot be found, downloaded or used."""

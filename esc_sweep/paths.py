@@ -1,13 +1,76 @@
-"""Where esc_sweep keeps things: one module for every default location.
+"""Where esc_sweep keeps things: every default location, in one module.
 
-Imports nothing heavy (no torch, no MLflow), so any module may use it.
+- configs: ``esc_sweep/conf`` (package data; an installed copy composes from any folder)
+- run outputs: ``outputs/runs/<date>/<time>_<model>/`` (Hydra's ``hydra.run.dir`` in conf/config.yaml)
+- fold checkpoints (resume): ``outputs/checkpoints/<config key>/`` or ``trainer.checkpoint_dir``
+- MLflow: ``mlruns/mlflow.db`` + ``mlruns/artifacts/`` unless ``tracking.uri`` / ``$MLFLOW_TRACKING_URI``
+- Optuna studies: ``outputs/optuna/<study>.db`` unless ``hydra.sweeper.storage``
+- decoded waveforms: ``dataset.cache_dir``, else ``$ESC_SWEEP_CACHE``, else ``~/.cache/esc_sweep/waveforms``
+- computed features (CPU runs): ``<waveform cache>/features``
+- downloaded datasets: ``dataset.download_dir``, else ``~/.cache/esc_sweep/datasets``
+
+Relative locations are taken from the folder the user ran the command in
+(Hydra may change into its output folder). Imports nothing heavy.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+from typing import Any, Optional
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The Hydra config tree ships inside the package (package data), so an installed
-# copy composes configs from any folder.
 CONFIG_DIR = PACKAGE_DIR / "conf"
+DEFAULT_WAVEFORM_CACHE = "~/.cache/esc_sweep/waveforms"
+DEFAULT_DOWNLOAD_DIR = "~/.cache/esc_sweep/datasets"
+
+
+def expand(path: str | Path) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def original_cwd() -> Path:
+    """The directory the user ran the command in (Hydra may change into its output dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def outputs_dir() -> Path:
+    return original_cwd() / "outputs"
+
+
+def checkpoint_dir(cfg: Any) -> Path:
+    """Where finished folds are kept for resume: ``trainer.checkpoint_dir`` or outputs/checkpoints."""
+    if cfg.trainer.checkpoint_dir:
+        return expand(cfg.trainer.checkpoint_dir)
+    return outputs_dir() / "checkpoints"
+
+
+def mlruns_dir() -> Path:
+    """The default MLflow store's folder (``mlflow.db`` and ``artifacts/``)."""
+    return original_cwd() / "mlruns"
+
+
+def optuna_storage_url(cwd: str | Path, study_name: str) -> str:
+    """sqlite:///<cwd>/outputs/optuna/<study_name>.db (folder created)."""
+    folder = Path(cwd) / "outputs" / "optuna"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+    return f"sqlite:///{folder / safe}.db"
+
+
+def waveform_cache_dir(cache_dir: Optional[str] = None) -> Path:
+    """``cache_dir`` if set, else ``$ESC_SWEEP_CACHE``, else ``~/.cache/esc_sweep/waveforms``."""
+    return expand(cache_dir or os.environ.get("ESC_SWEEP_CACHE") or DEFAULT_WAVEFORM_CACHE)
+
+
+def feature_cache_dir(cache_dir: Optional[str] = None) -> Path:
+    return waveform_cache_dir(cache_dir) / "features"
+
+
+def download_dir(configured: Optional[str] = None) -> Path:
+    return expand(configured or DEFAULT_DOWNLOAD_DIR)

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 REPO = Path(__file__).resolve().parent.parent
 
-from esc_sweep.cpu_runtime import configure  # noqa: E402  (before torch: passive OpenMP waiting)
+from esc_sweep.runtime import configure  # noqa: E402  (before torch: passive OpenMP waiting)
 
 configure()
 os.environ.setdefault("ESC_SWEEP_CACHE", str(REPO / ".cache" / "test-waveforms"))
@@ -104,3 +104,20 @@ def _keep_tracking_uri_unchanged():
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
         pytest.fail(f"the test left MLFLOW_TRACKING_URI={after!r} (was {before!r}); use monkeypatch")
+
+
+# Tests whose module starts no process (no CLI run, no server, no subprocess):
+# the fast in-process subset, `pytest -m fast`. Decided from the module's source,
+# so a new test lands in the right subset without anyone remembering a marker.
+_SPAWNS = ("run_cli(", "subprocess", "Popen", "trained_synthetic_run", "multiprocessing")
+
+
+def pytest_collection_modifyitems(config, items):
+    verdicts: dict[str, bool] = {}
+    for item in items:
+        path = str(item.fspath)
+        if path not in verdicts:
+            source = Path(path).read_text()
+            verdicts[path] = not any(token in source for token in _SPAWNS)
+        if verdicts[path]:
+            item.add_marker(pytest.mark.fast)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from esc_sweep.augment import Augment, Masking, Mixup, RandomCrop, RandomGain, RandomTimeShift
+from esc_sweep.features.augment import Augment, Masking, Mixup, RandomCrop, RandomGain, RandomTimeShift
 from tests.conftest import compose_config
 
 

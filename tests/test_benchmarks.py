@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -82,8 +85,12 @@ def test_cv_wall_breaks_a_cross_validation_into_phases(tmp_path):
 
     result = json.loads(out.read_text())
     phases = result["phases_seconds"]
-    for name in ("load (cache hit)", "features", "model build + normalisation stats", "train steps", "evaluation"):
+    for name in ("seeding + load + features", "model build + normalisation stats", "train steps", "evaluation"):
         assert phases[name] > 0, name
+    # The calls cross_validate makes before on_cv_start, timed one by one.
+    prepare = result["prepare_seconds"]
+    assert prepare["load (cache hit)"] > 0 and prepare["features"] > 0
+    assert prepare["seeding + determinism flags"] >= 0
     # The phases, "other" included, account for the whole run.
     assert sum(phases.values()) == pytest.approx(result["cv_total_seconds"], rel=1e-6)
     assert phases["other"] >= -1e-6
@@ -100,6 +107,10 @@ def test_cv_wall_breaks_a_cross_validation_into_phases(tmp_path):
     assert result["decode_seconds"]["first load"] > 0 and result["decode_seconds"]["second load"] > 0
 
     assert 0 < result["first_step_in_process_seconds"] < result["cv_total_seconds"]
+    # Data ready (on_cv_start), first model built (on_fold_start), first step (on_step_end), in order.
+    in_process = list(result["milestones_in_process_seconds"].values())
+    assert len(in_process) == 3 and in_process == sorted(in_process) and in_process[0] > 0
+    assert in_process[-1] == result["first_step_in_process_seconds"]
     fresh = result["first_step_fresh_process"]
     milestones = list(fresh["milestones"].values())
     assert fresh["seconds_to_first_step"] == milestones[-1]
@@ -109,3 +120,50 @@ def test_cv_wall_breaks_a_cross_validation_into_phases(tmp_path):
     # Checkpoints, tracking store and artifacts went to a temporary folder, not the working directory.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "cv_wall.json"] or sorted(
         p.name for p in tmp_path.iterdir()) == ["cv_wall.json"]
+
+
+BENCHMARK_SCRIPTS = ["common.py", "throughput.py", "cv_wall.py"]
+
+
+def _esc_sweep_imports(tree: ast.AST):
+    """(module, imported names, local names) of every ``esc_sweep`` import in ``tree``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "esc_sweep":
+            yield node.module, [a.name for a in node.names], [a.asname or a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "esc_sweep":
+                    yield alias.name, [], [alias.asname or alias.name.split(".")[0]]
+
+
+@pytest.mark.parametrize("script", BENCHMARK_SCRIPTS)
+def test_benchmarks_use_the_trainer_as_it_is(script):
+    """Current module paths only, no patching of esc_sweep, no copy of the training step."""
+    tree = ast.parse((REPO / "benchmarks" / script).read_text())
+    bound: set[str] = set()
+    for module, names, local in _esc_sweep_imports(tree):
+        loaded = importlib.import_module(module)  # an old path (esc_sweep.trainer, ...) fails here
+        for name in names:
+            submodule = hasattr(loaded, "__path__") and importlib.util.find_spec(f"{module}.{name}") is not None
+            assert hasattr(loaded, name) or submodule, f"{module}.{name}"
+        bound.update(local)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in {"setattr", "delattr"}, f"{script}:{node.lineno}: {node.func.id}"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            # The optimisation step is esc_sweep.training.loop.train_step, called, not copied.
+            assert node.func.attr not in {"backward", "zero_grad"}, f"{script}:{node.lineno}: .{node.func.attr}()"
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:  # ``module.name = ...`` on an imported esc_sweep module or class
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+                assert target.value.id not in bound, f"{script}:{node.lineno}: assigns {target.value.id}.{target.attr}"
+    source = (REPO / "benchmarks" / script).read_text()
+    for old in ("esc_sweep.trainer", "esc_sweep.progress", "train_model"):
+        assert old not in source, (script, old)
+
+
+def test_throughput_calls_the_trainers_step():
+    tree = ast.parse((REPO / "benchmarks" / "throughput.py").read_text())
+    from_loop = {n for module, names, _ in _esc_sweep_imports(tree) if module == "esc_sweep.training.loop" for n in names}
+    assert {"make_trainee", "train_step", "fit"} <= from_loop

@@ -17,7 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from esc_sweep.bundle import classifier_head_names, load_bundle
+from esc_sweep.bundle import load_bundle
+from esc_sweep.models.init_from import classifier_head_names
 from tests.conftest import run_cli
 from tests.synthetic_bundle import (
     CLIP_SECONDS,
@@ -197,7 +198,7 @@ def test_a_missing_file_is_one_clear_error_without_traceback(trained, tmp_path):
 )
 def test_bad_inputs_raise_a_clear_user_error(trained, tmp_path, monkeypatch, case, message):
     # In process: the CLI turns any EscSweepError into one line (checked above).
-    from esc_sweep import predict
+    from esc_sweep.app import predict
     from esc_sweep.errors import EscSweepError
 
     monkeypatch.chdir(tmp_path)

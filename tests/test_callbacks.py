@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from esc_sweep.callbacks import BuiltInBackground, Callback
+from esc_sweep.training.callbacks import BuiltInBackground, Callback
 
 
 class Recorder(Callback):

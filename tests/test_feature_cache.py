@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from esc_sweep.data import feature_cache
-from esc_sweep.data.feature_cache import cache_key, cached_features
+from esc_sweep.features import cache as feature_cache
+from esc_sweep.features.cache import cache_key, cached_features
 from esc_sweep.data.synthetic import load_synthetic
-from esc_sweep.trainer import Spectrograms
+from esc_sweep.features.store import Spectrograms
 from tests.conftest import FAST_SYNTHETIC, compose_config
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from esc_sweep.features import build_features, compute_features, feature_shape
+from esc_sweep.features.transforms import build_features, compute_features, feature_shape
 from tests.conftest import compose_config
 
 

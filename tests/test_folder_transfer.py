@@ -21,7 +21,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from esc_sweep.bundle import BundleError, classifier_head_names
+from esc_sweep.bundle import BundleError
+from esc_sweep.models.init_from import classifier_head_names
 from esc_sweep.data.synthetic import generate
 from tests.conftest import FAST_SYNTHETIC, compose_config, run_cli
 from tests.synthetic_bundle import trained_synthetic_run
@@ -111,7 +112,7 @@ def test_csv_with_folds_final_fit_predict_and_plots(tmp_path):
     assert accuracy >= 0.7, by_name  # chance is 1/3
 
     # The data moved: plots of the CV results only, with a warning; --data-root finds it again.
-    from esc_sweep import plots
+    from esc_sweep.app import plots
 
     moved = tmp_path / "moved"
     shutil.move(root, moved)
@@ -134,14 +135,17 @@ def source_bundle(tmp_path_factory):
 
 def build_new_model(data_root: Path, cache: Path, extra: list[str]):
     """The trainer's build_model on the folder data, exactly as a fold would call it."""
-    from esc_sweep.trainer import TrainingData, build_model, prepare
+    from esc_sweep.bundle import read_init_weights
+    from esc_sweep.training.cv import prepare
+    from esc_sweep.training.loop import TrainingData, build_model
 
     cfg = compose_config(FAST + ["dataset=folder", f"dataset.root={data_root}", "dataset.num_folds=4",
                                  f"dataset.cache_dir={cache}", "trainer.device=cpu", *extra])
     device = torch.device("cpu")
     clips, spectrograms, targets = prepare(cfg, device)
     data = TrainingData(spectrograms, targets, clips.num_classes, torch.arange(len(clips)), None)
-    return build_model(cfg, data, device), spectrograms
+    init = read_init_weights(cfg.model.init_from) if cfg.model.init_from else None
+    return build_model(cfg, data, device, init), spectrograms
 
 
 def test_init_from_loads_the_backbone_and_makes_a_new_head(source_bundle, tmp_path):

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from esc_sweep import plots
+from esc_sweep.app import plots
 from esc_sweep.errors import EscSweepError
 from tests.conftest import run_cli
 from tests.synthetic_bundle import NUM_CLASSES, trained_synthetic_run

@@ -23,11 +23,11 @@ from mlflow import MlflowClient
 from torch import nn
 
 from esc_sweep import errors
-from esc_sweep.callbacks import Callback
-from esc_sweep.checkpoint import FoldCheckpoints
+from esc_sweep.training.callbacks import Callback
+from esc_sweep.training.checkpoint import FoldCheckpoints
 from esc_sweep.models import register_model
-from esc_sweep.progress import TrainingProgress
-from esc_sweep.trainer import cross_validate, pick_device, prepare, run_fold
+from esc_sweep.runtime import pick_device
+from esc_sweep.training.cv import cross_validate, prepare, run_fold
 from tests.conftest import FAST_SYNTHETIC, compose_config, run_cli
 
 QUICK = FAST_SYNTHETIC + ["trainer.epochs=3", "trainer.folds=[1,2]"]
@@ -108,7 +108,7 @@ def test_out_of_memory_in_a_fold_says_to_lower_the_batch_size(synthetic_features
     device, (clips, spectrograms, targets) = synthetic_features
     cfg = compose_config(QUICK + ["tracking.enabled=false", f"model.name=test_oom_in_{when}"])
     with pytest.raises(errors.OutOfMemoryError) as info:
-        run_fold(cfg, clips, spectrograms, targets, 2, device, Callback(), TrainingProgress(False, 1))
+        run_fold(cfg, clips, spectrograms, targets, 2, device, Callback())
     message = str(info.value)
     assert message.startswith("fold 2: cpu ran out of memory with trainer.batch_size=16.")
     assert "Lower trainer.batch_size (or trainer.eval_batch_size), or use a smaller model." in message
@@ -117,7 +117,7 @@ def test_out_of_memory_in_a_fold_says_to_lower_the_batch_size(synthetic_features
 
 
 def test_out_of_memory_marks_the_mlflow_runs_failed(tmp_path):
-    from esc_sweep.tracking import MlflowTracker
+    from esc_sweep.tracking.cv_run import MlflowTracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = compose_config(QUICK + ["model.name=test_oom_in_train", f"tracking.uri={uri}",
@@ -232,7 +232,7 @@ def _checkpoint_dir(tmp_path: Path) -> Path:
     ids=["half_written", "empty", "list", "missing_fields", "unknown_field"],
 )
 def test_unreadable_fold_checkpoint_is_ignored_with_a_warning(tmp_path, caplog, damage):
-    from esc_sweep.results import FoldResult
+    from esc_sweep.training.results import FoldResult
 
     checkpoints = FoldCheckpoints(tmp_path / "ck")
     good = FoldResult(fold=1, val_acc=0.5, val_loss=1.0, val_f1=0.4, train_acc=0.9, train_loss=0.2, epochs=3,
@@ -241,7 +241,7 @@ def test_unreadable_fold_checkpoint_is_ignored_with_a_warning(tmp_path, caplog, 
     assert checkpoints.load(1) == good
     path = tmp_path / "ck" / "fold_1.json"
     path.write_text(damage(path.read_text()))
-    with caplog.at_level(logging.WARNING, logger="esc_sweep.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="esc_sweep.training.checkpoint"):
         assert checkpoints.load(1) is None
     assert "fold 1 checkpoint" in caplog.text and str(path) in caplog.text and "training the fold again" in caplog.text
 
@@ -250,7 +250,7 @@ def test_corrupt_state_file_is_ignored_with_a_warning(tmp_path, caplog):
     checkpoints = FoldCheckpoints(tmp_path / "ck")
     checkpoints.update_state(complete=True, mlflow_parent_run_id="abc")
     (tmp_path / "ck" / "state.json").write_text('{"complete": tr')
-    with caplog.at_level(logging.WARNING, logger="esc_sweep.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="esc_sweep.training.checkpoint"):
         assert checkpoints.state == {} and not checkpoints.is_complete()
     assert "state.json is unreadable" in caplog.text
 
@@ -273,7 +273,7 @@ def test_half_written_fold_checkpoint_is_recomputed_and_the_others_reused(tmp_pa
     fold1.write_text(fold1.read_text()[:200])
 
     recorder = _Resumed()
-    with caplog.at_level(logging.WARNING, logger="esc_sweep.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="esc_sweep.training.checkpoint"):
         second = cross_validate(cfg, [recorder])
     assert recorder.resumed == {1: False, 2: True}
     assert f"fold 1 checkpoint {fold1} is unreadable" in caplog.text

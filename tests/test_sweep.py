@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from esc_sweep.errors import ConfigError
-from esc_sweep.results import FoldResult
-from esc_sweep.sweep_reporter import EPOCH_STRIDE, TrialReporter, build_pruner
+from esc_sweep.training.results import FoldResult
+from esc_sweep.sweep.reporter import EPOCH_STRIDE, TrialReporter, build_pruner
 from tests.conftest import REPO, compose_config
 
 # The sweeper plugin lives in <repo>/hydra_plugins; subprocesses started in a
@@ -294,7 +294,7 @@ def test_reporter_with_report_epochs_puts_fold_ends_on_the_stride(tmp_path):
 
 
 def _sweeper(n_trials: int):
-    from hydra_plugins.esc_sweep_sweeper._impl import EscOptunaSweeperImpl
+    from esc_sweep.sweep.sweeper import EscOptunaSweeperImpl
 
     return EscOptunaSweeperImpl(
         sampler=optuna.samplers.RandomSampler(seed=0), sampler_seed=0, direction="maximize", storage=None,
@@ -307,7 +307,7 @@ def _sweeper(n_trials: int):
 def test_a_trial_asked_after_the_study_is_fully_claimed_is_closed_as_surplus(tmp_path):
     """Two workers both saw one trial missing and both asked: the one whose
     trial number is higher finds n_trials claimed below it and does not run."""
-    from hydra_plugins.esc_sweep_sweeper._storage import make_storage
+    from esc_sweep.sweep.storage import make_storage
 
     worker = _sweeper(n_trials=2)
     worker.rdb = make_storage(f"sqlite:///{tmp_path / 's.db'}", 0, 0)
@@ -324,7 +324,7 @@ def test_a_trial_asked_after_the_study_is_fully_claimed_is_closed_as_surplus(tmp
 
 
 def test_running_trial_without_heartbeat_is_marked_fail_as_stale(tmp_path):
-    from hydra_plugins.esc_sweep_sweeper._storage import fail_stale_trials, make_storage
+    from esc_sweep.sweep.storage import fail_stale_trials, make_storage
 
     rdb = make_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="hb", storage=rdb, direction="maximize")
@@ -349,7 +349,7 @@ def test_build_pruner_knows_four_names_and_rejects_others():
 
 
 def test_storage_urls_survive_hydra_override_parsing():
-    from hydra_plugins.esc_sweep_sweeper._impl import _override_value
+    from esc_sweep.sweep.sweeper import _override_value
 
     url = "postgresql://esc:p%40ss@db.example:5432/optuna?sslmode=require&application_name=esc"
     (override,) = OverridesParser.create().parse_overrides([f"sweep.storage={_override_value(url)}"])

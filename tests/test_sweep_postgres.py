@@ -25,7 +25,7 @@ import pytest
 import requests
 from optuna.trial import TrialState
 
-from hydra_plugins.esc_sweep_sweeper._storage import normalize_url
+from esc_sweep.sweep.storage import normalize_url
 from tests.test_sweep import ENV, TINY
 
 # Runs in the default suite: .ci/run installs PostgreSQL (Debian package).

@@ -24,8 +24,9 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from esc_sweep import figures
-from esc_sweep.tracking import flatten_config, get_or_create_study_run, end_study_run, log_study_report
+from esc_sweep.figures import results as figures
+from esc_sweep.tracking.cv_run import flatten_config
+from esc_sweep.tracking.study_run import end_study_run, get_or_create_study_run, log_study_report
 from tests.conftest import FAST_SYNTHETIC, REPO, compose_config, run_cli
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from esc_sweep.errors import NonFiniteLossError
-from esc_sweep.trainer import cross_validate
+from esc_sweep.training.cv import cross_validate
 from tests.conftest import FAST_SYNTHETIC, compose_config
 
 

@@ -1,32 +1,3 @@
-"""Conditional search spaces, for ``hydra.sweeper.custom_search_space``.
+"""Kept so that searches written against the old dotted path still load; the code lives in esc_sweep.sweep."""
 
-The plugin's ``params`` syntax describes a flat space. Knobs that only mean
-something for some choices (the baseline CNN's width, a timm model's
-stochastic depth) are suggested here, after the flat parameters; the
-sweeper turns every suggested parameter into a Hydra override.
-"""
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from omegaconf import DictConfig
-
-if TYPE_CHECKING:  # Hydra imports this module on every run; optuna only when sweeping
-    import optuna
-
-
-def model_knobs(cfg: DictConfig, trial: optuna.Trial) -> None:
-    """Per-family knobs for the ``model`` choice of arch_search / acc_vs_size."""
-    family = trial.params.get("model", "baseline_cnn")
-    # Values fixed on the command line arrive as user attributes: leave them be.
-    fixed = trial.user_attrs
-    if family == "baseline_cnn":
-        if "model.width" not in fixed:
-            trial.suggest_categorical("model.width", [16, 32, 48, 64])
-    else:
-        if "model.drop_path" not in fixed:
-            trial.suggest_float("model.drop_path", 0.0, 0.3)
-        # Depthwise, BatchNorm-heavy mobile nets are sensitive to the batch size.
-        if family.startswith(("efficientnet", "mobilenet")) and "trainer.batch_size" not in fixed:
-            trial.suggest_categorical("trainer.batch_size", [32, 64])
+from esc_sweep.sweep.search_spaces import model_knobs  # noqa: F401

@@ -1,6 +1,6 @@
 """The Hydra plugin class. Hydra imports this module while scanning for
 plugins on every run, so the heavy lifting (optuna, mlflow) lives in
-``_impl`` and is imported only when a sweep starts."""
+``esc_sweep.sweep.sweeper`` and is imported only when a sweep starts."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class EscOptunaSweeper(Sweeper):
     """Same constructor as the Optuna plugin's sweeper, plus our extra fields."""
 
     def __init__(self, sampler: Any, pruner: DictConfig, **kwargs: Any) -> None:
-        from ._impl import EscOptunaSweeperImpl
+        from esc_sweep.sweep.sweeper import EscOptunaSweeperImpl
 
         sampler_seed = sampler.get("seed") if isinstance(sampler, DictConfig) else None
         sampler = instantiate(

@@ -109,8 +109,8 @@ def _discard(stream: Any, length: int) -> None:
 
 def classify(bundle: Any, name: str, data: bytes, lock: threading.Lock) -> dict[str, Any]:
     """Top-k labels and a spectrogram PNG (base64) for an uploaded file's bytes."""
-    from esc_sweep.plots import figure_png, spectrogram_figure
-    from esc_sweep.predict import decode_recording
+    from esc_sweep.figures.audio import figure_png, spectrogram_figure
+    from esc_sweep.app.predict import decode_recording
 
     suffix = Path(name).suffix.lower()[:16]  # soundfile recognises some formats only by extension
     with tempfile.TemporaryDirectory(prefix="esc_sweep-upload-") as tmp:

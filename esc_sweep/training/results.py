@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from esc_sweep import metrics
+from esc_sweep.training import metrics
 
 
 @dataclass

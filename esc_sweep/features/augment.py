@@ -87,16 +87,28 @@ class Masking(nn.Module):
 class Mixup(nn.Module):
     """Mix each clip with a random partner; returns mixed inputs and soft targets."""
 
+    # Below this alpha, Beta(alpha, alpha) is sampled in log space (see _sample_lambda).
+    SMALL_ALPHA = 0.05
+
     def __init__(self, alpha: float, prob: float = 1.0):
         super().__init__()
         self.alpha, self.prob = alpha, prob
 
+    def _sample_lambda(self, batch: int, device: torch.device) -> torch.Tensor:
+        alpha = torch.tensor(self.alpha, device=device)
+        if self.alpha >= self.SMALL_ALPHA:
+            return torch.distributions.Beta(alpha, alpha).sample((batch,))
+        # Beta = X / (X + Y) with X, Y ~ Gamma(alpha): for a tiny alpha both underflow to 0 and
+        # torch returns 0.5, a 50/50 mix where "almost no mixing" is meant. In log space,
+        # log Gamma(a) = log Gamma(a + 1) + log(U) / a (Marsaglia-Tsang), and lambda = sigmoid(log X - log Y).
+        gamma = torch.distributions.Gamma(alpha + 1, torch.ones((), device=device))
+        log_x, log_y = (gamma.sample((batch,)).log() + torch.rand(batch, device=device).log() / alpha
+                        for _ in range(2))
+        return torch.sigmoid(log_x - log_y)
+
     def forward(self, x: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch = x.shape[0]
-        beta = torch.distributions.Beta(
-            torch.tensor(self.alpha, device=x.device), torch.tensor(self.alpha, device=x.device)
-        )
-        lam = beta.sample((batch,))
+        lam = self._sample_lambda(batch, x.device)
         lam = torch.maximum(lam, 1 - lam)  # the clip keeps the larger share
         apply = torch.rand(batch, device=x.device) < self.prob
         lam = torch.where(apply, lam, torch.ones_like(lam))

@@ -1,7 +1,11 @@
 """Hooks the trainer calls as a cross-validation goes on.
 
 Tracking (MLflow), progress display and sweep pruning are callbacks, so the
-trainer knows none of them. Every method is optional.
+trainer knows none of them. Every method is optional. The calls, in order:
+on_cv_start, then per fold on_fold_start, on_step_end (every step),
+on_epoch_end (every epoch), on_model_trained, on_fold_end; finally on_cv_end,
+or on_exception when the run stops. A final fit calls the per-fold hooks with
+fold 0.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
-    from esc_sweep.results import CVResult, FoldResult
+    from esc_sweep.training.results import CVResult, FoldResult
 
 
 class Callback:
@@ -19,6 +23,9 @@ class Callback:
 
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         """Before fold ``fold`` trains; context has the model and its parameter count."""
+
+    def on_step_end(self, fold: int, step: int) -> None:
+        """After each optimisation step (``step`` counts from 1 within the epoch). Keep it cheap: no host sync."""
 
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         """After each epoch; raising here (e.g. optuna.TrialPruned) stops the run."""
@@ -47,6 +54,10 @@ class CallbackList(Callback):
     def on_fold_start(self, fold, context):
         for cb in self.callbacks:
             cb.on_fold_start(fold, context)
+
+    def on_step_end(self, fold, step):
+        for cb in self.callbacks:
+            cb.on_step_end(fold, step)
 
     def on_epoch_end(self, fold, epoch, metrics):
         for cb in self.callbacks:

@@ -1,4 +1,4 @@
-"""MLflow tracking: every cross-validation leaves a complete record in MLflow.
+"""The CV run and its fold runs: every cross-validation leaves a complete record in MLflow.
 
 Run layout in the experiment ``tracking.experiment_name``::
 
@@ -25,13 +25,10 @@ sweeps run many trials in one process.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import platform
-import subprocess
 import tempfile
-import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -39,189 +36,36 @@ from typing import Any, Iterable, Mapping
 import mlflow
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from esc_sweep.callbacks import Callback
 from esc_sweep.errors import TrackingError
-from esc_sweep.tracking_uri import default_root as _default_root
-from esc_sweep.tracking_uri import check_server, is_server, resolve_tracking_uri  # noqa: F401 (re-exported)
-from esc_sweep.results import CVResult, FoldResult
+from esc_sweep.paths import original_cwd
+from esc_sweep.tracking.uri import resolve_tracking_uri
+from esc_sweep.training.callbacks import Callback
+from esc_sweep.training.results import CVResult, FoldResult
 
 log = logging.getLogger("esc_sweep.tracking")
-
-# Tags that give runs their place in the layout.
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests runs by it)
-ROLE_TAG = "esc_sweep.role"  # study | cv | fold
-STUDY_TAG = "esc_sweep.study"
-TRIAL_TAG = "esc_sweep.trial"
-FOLD_TAG = "fold"
-ERROR_TAG = "esc_sweep.error"
-# Key in the fold-checkpoint state under which the CV run id survives an interruption.
-STATE_KEY = "mlflow_parent_run_id"
-
-# Config groups tagged with the option chosen for them (cfg fallback when Hydra is not running).
-_GROUP_FALLBACKS = {
-    "model": "model.name",
-    "features": "features.kind",
-    "augmentation": "augmentation.name",
-    "dataset": "dataset.name",
-    "optimizer": "optimizer.name",
-    "scheduler": "scheduler.name",
-}
-_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
-_MAX_BATCH = 100  # MLflow's limit on params/tags per log_batch call
-
-# Which tracking URI each study run lives in, so log_study_report needs only the run id.
-_STUDY_URIS: dict[str, str] = {}
-
-
-# --------------------------------------------------------------------------
-# Store
-
-
-def _default_artifact_location(uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside its database; servers choose their own."""
-    root = _default_root()
-    if uri == f"sqlite:///{root / 'mlflow.db'}":
-        return (root / "artifacts").as_uri()
-    if uri.startswith("sqlite:///"):
-        # Otherwise MLflow would write them into ./mlruns of whatever folder the run starts in.
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
-    return None
-
-
-def _quiet_mlflow_logging() -> None:
-    # Creating a SQLite store runs ~50 alembic migrations, each logged at INFO.
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _client(uri: str) -> MlflowClient:
-    _quiet_mlflow_logging()
-    if is_server(uri):
-        check_server(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return MlflowClient(tracking_uri=uri)
-    except MlflowException as err:
-        raise TrackingError(f"cannot use MLflow tracking URI {uri!r}: {err.message}") from None
-
-
-def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location)
-        except MlflowException:
-            # Another process (a parallel sweep trial) created it in the meantime.
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage != "active":
-        raise TrackingError(
-            f"MLflow experiment {name!r} was deleted. Restore it (mlflow experiments restore "
-            f"--experiment-id {experiment.experiment_id}) or set tracking.experiment_name to another name."
-        )
-    return experiment.experiment_id
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    items = [Param(k, v) for k, v in params.items()]
-    for start in range(0, len(items), _MAX_BATCH):
-        client.log_batch(run_id, params=items[start : start + _MAX_BATCH])
-
-
-def _log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    items = [RunTag(k, str(v)) for k, v in tags.items()]
-    for start in range(0, len(items), _MAX_BATCH):
-        client.log_batch(run_id, tags=items[start : start + _MAX_BATCH])
-
-
-def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
-    now = _now_ms()
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-
-
-def _log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
-    client.log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": 100})
-
-
-# --------------------------------------------------------------------------
-# Study runs (used by the esc_sweep Optuna sweeper)
-
-
-def get_or_create_study_run(cfg: Any, study_name: str) -> str:
-    """Id of the study's parent run, created on first use.
-
-    A resumed sweep (same study name, same experiment) gets the same run back,
-    so all its trials end up under one parent. The run is (re)marked RUNNING;
-    end it with ``log_study_report`` or ``end_study_run``.
-    """
-    uri = resolve_tracking_uri(cfg)
-    client = _client(uri)
-    experiment_id = _experiment_id(client, cfg.tracking.experiment_name, _default_artifact_location(uri))
-    # Compare names in Python: a study name may hold quotes the filter syntax would choke on.
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", order_by=["attributes.start_time ASC"]
-    )
-    existing = [r for r in runs if r.data.tags.get(STUDY_TAG) == study_name]
-    if existing:
-        run_id = existing[0].info.run_id
-        if existing[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-    else:
-        tags = {ROLE_TAG: "study", STUDY_TAG: study_name, **_source_tags()}
-        run_id = client.create_run(experiment_id, tags=tags, run_name=f"study-{study_name}").info.run_id
-    _STUDY_URIS[run_id] = uri
-    return run_id
-
-
-def log_study_report(
-    run_id: str,
-    figures: Mapping[str, Any],
-    metrics: Mapping[str, float],
-    artifacts: Iterable[str | Path] = (),
-    *,
-    status: str | None = "FINISHED",
-    tracking_uri: str | None = None,
-) -> None:
-    """Log a sweep's end-of-study report to its study run, then end the run.
-
-    ``figures`` maps a name to a matplotlib Figure, saved as
-    ``figures/<name>.png``; ``metrics`` are logged as they are (e.g.
-    ``best_value``); each path in ``artifacts`` (a file or a folder) is copied
-    to the run. ``status`` ends the run (FINISHED, FAILED or KILLED); None
-    leaves it open. ``tracking_uri`` defaults to the store the run was
-    created in by ``get_or_create_study_run``.
-    """
-    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
-    for name, figure in figures.items():
-        _log_figure(client, run_id, figure, f"figures/{name}" if name.endswith(".png") else f"figures/{name}.png")
-    _log_metrics(client, run_id, metrics)
-    for path in map(Path, artifacts):
-        if path.is_dir():
-            client.log_artifacts(run_id, str(path), artifact_path=path.name)
-        else:
-            client.log_artifact(run_id, str(path))
-    if status:
-        client.set_terminated(run_id, status)
-
-
-def end_study_run(run_id: str, status: str = "FINISHED", *, tracking_uri: str | None = None) -> None:
-    """End a study run without a report (e.g. KILLED when the sweep is interrupted)."""
-    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
-    client.set_terminated(run_id, status)
-
-
+from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the tracking API)
+    _GROUP_FALLBACKS,
+    _MAX_PARAM_LENGTH,
+    ERROR_TAG,
+    FOLD_TAG,
+    PARENT_TAG,
+    ROLE_TAG,
+    STATE_KEY,
+    TRIAL_TAG,
+    _client,
+    _default_artifact_location,
+    _experiment_id,
+    _log_figure,
+    _log_metrics,
+    _log_params,
+    _now_ms,
+    _source_tags,
+    git_commit,
+)
 # --------------------------------------------------------------------------
 # Params and tags
 
@@ -268,28 +112,6 @@ def _hydra_overrides() -> str | None:
     return None
 
 
-def git_commit(*directories: Path) -> str | None:
-    """HEAD of the first directory that is in a git repository; None without git or a repo."""
-    for directory in directories:
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
-                                 timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    return None
-
-
-def _source_tags() -> dict[str, str]:
-    tags = {"mlflow.source.name": "esc_sweep", "mlflow.source.type": "LOCAL"}
-    try:
-        tags["mlflow.user"] = getpass.getuser()
-    except Exception:  # no user name in some containers
-        pass
-    return tags
-
-
 def _version(package: str) -> str:
     # From the installed metadata: importing timm just for its version costs seconds.
     try:
@@ -299,8 +121,6 @@ def _version(package: str) -> str:
 
 
 def _environment_params(context: Mapping[str, Any]) -> dict[str, str]:
-    from esc_sweep.trainer import original_cwd
-
     device = context["device"]
     clips = context["clips"]
     params = {
@@ -361,7 +181,7 @@ class MlflowTracker(Callback):
     # ---- CV start: open (or reopen) the CV run
 
     def on_cv_start(self, context: dict[str, Any]) -> None:
-        # The app builds this tracker with esc_sweep.callbacks.BuiltInBackground, so
+        # The app builds this tracker with esc_sweep.training.callbacks.BuiltInBackground, so
         # this usually runs on that thread, not on the training thread.
         try:
             self._start(context)
@@ -547,7 +367,7 @@ class MlflowTracker(Callback):
             finals.update(best_val_acc=best_acc, best_epoch=best_epoch)
         _log_metrics(self.client, run_id, finals, step=result.epochs)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
-        from esc_sweep import figures  # matplotlib: imported when the first figure is drawn
+        from esc_sweep.figures import results as figures  # matplotlib: imported when the first figure is drawn
         # The fold's confusion matrix goes to the CV run too, so it shows all of them in one place.
         figure = figures.confusion_matrix_figure(result.confusion, self._class_names, f"fold {result.fold}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -585,7 +405,7 @@ class MlflowTracker(Callback):
         _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
         self.client.log_dict(run_id, result.to_dict(), "results.json")
 
-        from esc_sweep import figures
+        from esc_sweep.figures import results as figures
 
         names = result.class_names
         _log_figure(self.client, run_id,
@@ -647,9 +467,6 @@ __all__ = [
     "MlflowTracker",
     "TrackingError",
     "resolve_tracking_uri",
-    "get_or_create_study_run",
-    "log_study_report",
-    "end_study_run",
     "flatten_config",
     "group_choices",
     "git_commit",

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from esc_sweep.results import CVResult
+from esc_sweep.training.results import CVResult
 
 
 def _pct(value: float) -> str:

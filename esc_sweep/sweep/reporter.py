@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import optuna
 from omegaconf import DictConfig
 
-from esc_sweep.callbacks import Callback
+from esc_sweep.training.callbacks import Callback
 from esc_sweep.errors import ConfigError
 
 # Steps per fold when epochs are reported too (see the module docstring).

@@ -1,6 +1,6 @@
 """Where MLflow records go, and whether a tracking server answers.
 
-Kept apart from ``esc_sweep.tracking`` because it must not import MLflow
+Kept apart from the rest of ``esc_sweep.tracking`` because it must not import MLflow
 (1-2 s): the app checks a server before training, while MLflow itself loads
 in the background.
 """
@@ -14,12 +14,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from esc_sweep.errors import TrackingError
+from esc_sweep.paths import mlruns_dir
 
 
 def default_root() -> Path:
-    from esc_sweep.trainer import original_cwd
-
-    return original_cwd() / "mlruns"
+    return mlruns_dir()
 
 
 def resolve_tracking_uri(cfg: Any = None) -> str:

@@ -6,7 +6,7 @@ pyplot's global figure list (so a long sweep does not leak memory), and it
 works in worker threads and on headless machines. Save one with
 ``fig.savefig("x.png")`` or hand it to ``mlflow.log_figure``.
 
-    from esc_sweep.figures import confusion_matrix_figure
+    from esc_sweep.figures.results import confusion_matrix_figure
     fig = confusion_matrix_figure(cv.pooled_confusion, cv.class_names, "pooled")
     fig.savefig("confusion.png")
 """

@@ -44,9 +44,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
-from esc_sweep.sweep_reporter import build_pruner
+from esc_sweep.sweep.reporter import build_pruner
 
-from . import _report, _storage
+from esc_sweep.sweep import report as _report
+from esc_sweep.sweep import storage as _storage
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             self._run_trials(study, distributions, fixed_params, fixed_overrides, directions)
         except BaseException:
             if self.parent_run_id:
-                from esc_sweep.tracking import end_study_run
+                from esc_sweep.tracking.study_run import end_study_run
 
                 try:
                     end_study_run(self.parent_run_id, "KILLED")
@@ -355,7 +356,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         task_cfg = self.config
         if not OmegaConf.select(task_cfg, "tracking.enabled", default=False):
             return None
-        from esc_sweep.tracking import get_or_create_study_run
+        from esc_sweep.tracking.study_run import get_or_create_study_run
 
         run_id = get_or_create_study_run(task_cfg, study.study_name)
         study.set_user_attr("mlflow_parent_run_id", run_id)

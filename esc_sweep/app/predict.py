@@ -57,7 +57,7 @@ def collect_files(inputs: Iterable[str]) -> list[Path]:
 
 def predict_files(bundle: Any, files: list[Path], top_k: int) -> list[dict[str, Any]]:
     """One record per file: duration, number of windows, top-k labels with probabilities."""
-    from esc_sweep.progress import console
+    from esc_sweep.console import console
     from rich.progress import Progress
 
     records = []
@@ -150,7 +150,7 @@ def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: O
         Path(output).expanduser().write_text(text)
     except OSError as err:
         raise EscSweepError(f"cannot write --output {output}: {err.strerror or err}") from None
-    from esc_sweep.progress import console
+    from esc_sweep.console import console
 
     console.print(f"wrote predictions for {len(records)} file(s) to {output}")
 

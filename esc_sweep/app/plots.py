@@ -20,159 +20,28 @@ to MLflow (artifact folder ``plots/``) when an MLflow run is active or
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from esc_sweep.errors import DataError, EscSweepError
+from esc_sweep.figures.audio import (
+    pick_examples,
+    sample_predictions_figure,
+    spectrogram_grid_figure,
+    waveform_grid_figure,
+)
 
 log = logging.getLogger("esc_sweep")
 
 PLOTS_ARTIFACT_DIR = "plots"
 # A final-fit bundle has trained on every clip of its dataset.
 TRAINING_CLIPS_NOTE = "clips of the bundle's training data: not a held-out estimate"
-_FREQUENCY_AXIS = {"mel": "mel band", "mfcc": "MFCC coefficient", "stft": "frequency bin"}
-
-
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # Agg canvas, no pyplot: works headless and in server threads
-    return fig
-
-
-def figure_png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _draw_spectrogram(ax, spectrogram: np.ndarray, sample_rate: int, hop_length: int, kind: str) -> Any:
-    seconds = spectrogram.shape[1] * hop_length / sample_rate
-    image = ax.imshow(
-        spectrogram, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
-        extent=(0.0, seconds, -0.5, spectrogram.shape[0] - 0.5),
-    )
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel(_FREQUENCY_AXIS.get(kind, "frequency"))
-    return image
-
-
-def spectrogram_figure(
-    spectrogram: np.ndarray, sample_rate: int, hop_length: int, kind: str = "mel", title: str = ""
-) -> Figure:
-    """One spectrogram [F, frames] in dB with a colour bar."""
-    fig = _figure(8, 3.2)
-    ax = fig.add_subplot()
-    image = _draw_spectrogram(ax, spectrogram, sample_rate, hop_length, kind)
-    fig.colorbar(image, ax=ax, label="dB" if kind != "mfcc" else "")
-    ax.set_title(title or f"log-{kind} spectrogram")
-    return fig
-
-
-# --------------------------------------------------------------------------
-# Per-class grids
-
-
-def pick_examples(targets: torch.Tensor, class_names: Sequence[str], max_classes: int, per_class: int,
-                  seed: int = 0) -> list[tuple[int, list[int]]]:
-    """``(class, clip rows)`` for up to ``max_classes`` evenly spread classes, ``per_class`` random clips each."""
-    present = sorted(set(targets.tolist()))
-    if len(present) > max_classes:
-        spread = np.linspace(0, len(present) - 1, max_classes).round().astype(int)
-        present = [present[i] for i in spread]
-    generator = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in present:
-        rows = torch.nonzero(targets == c).flatten()
-        chosen = rows[torch.randperm(len(rows), generator=generator)[:per_class]].sort().values
-        picks.append((c, chosen.tolist()))
-    return picks
-
-
-def waveform_grid_figure(waveforms: torch.Tensor, sample_rate: int, picks, class_names, clip_ids) -> Figure:
-    cols = max(len(rows) for _, rows in picks)
-    fig = _figure(3.2 * cols, 1.6 * len(picks) + 0.6)
-    axes = np.atleast_2d(fig.subplots(len(picks), cols, squeeze=False, sharex=True, sharey=True))
-    time = np.arange(waveforms.shape[1]) / sample_rate
-    for r, (c, rows) in enumerate(picks):
-        for k in range(cols):
-            ax = axes[r, k]
-            if k >= len(rows):
-                ax.axis("off")
-                continue
-            ax.plot(time, waveforms[rows[k]].numpy(), linewidth=0.4, color="tab:blue")
-            ax.set_title(f"{class_names[c]}: {clip_ids[rows[k]]}", fontsize=7)
-            ax.set_ylim(-1.05, 1.05)
-            ax.grid(alpha=0.3)
-        axes[r, 0].set_ylabel("amplitude", fontsize=8)
-    for ax in axes[-1]:
-        ax.set_xlabel("time (s)", fontsize=8)
-    fig.suptitle("Waveforms per class")
-    return fig
-
-
-def spectrogram_grid_figure(spectrograms: torch.Tensor, sample_rate: int, hop_length: int, kind: str,
-                            picks, class_names, clip_ids, row_of: dict[int, int]) -> Figure:
-    cols = max(len(rows) for _, rows in picks)
-    fig = _figure(3.2 * cols, 1.8 * len(picks) + 0.6)
-    axes = np.atleast_2d(fig.subplots(len(picks), cols, squeeze=False))
-    low, high = float(spectrograms.min()), float(spectrograms.max())
-    image = None
-    for r, (c, rows) in enumerate(picks):
-        for k in range(cols):
-            ax = axes[r, k]
-            if k >= len(rows):
-                ax.axis("off")
-                continue
-            image = _draw_spectrogram(ax, spectrograms[row_of[rows[k]], 0].numpy(), sample_rate, hop_length, kind)
-            image.set_clim(low, high)  # one colour scale for the grid: loudness is comparable
-            ax.set_title(f"{class_names[c]}: {clip_ids[rows[k]]}", fontsize=7)
-            ax.tick_params(labelsize=7)
-            ax.xaxis.label.set_fontsize(7)
-            ax.yaxis.label.set_fontsize(7)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="dB" if kind != "mfcc" else "")
-    fig.suptitle(f"Log-{kind} spectrograms per class")
-    return fig
-
-
-def sample_predictions_figure(spectrograms: torch.Tensor, probabilities: torch.Tensor, true: Sequence[int],
-                              class_names: Sequence[str], titles: Sequence[str], sample_rate: int,
-                              hop_length: int, kind: str, top_k: int = 5, note: str = "") -> Figure:
-    """One row per clip: its spectrogram, and bars of the top-k probabilities (true class in green)."""
-    n = len(true)
-    fig = _figure(10, 1.9 * n + 0.6)
-    axes = np.atleast_2d(fig.subplots(n, 2, squeeze=False, width_ratios=[1.6, 1]))
-    k = min(top_k, probabilities.shape[1])
-    for i in range(n):
-        _draw_spectrogram(axes[i, 0], spectrograms[i, 0].numpy(), sample_rate, hop_length, kind)
-        axes[i, 0].set_title(titles[i], fontsize=8)
-        values, indices = torch.topk(probabilities[i], k)
-        labels = [class_names[j] for j in indices.tolist()]
-        colors = ["tab:green" if j == true[i] else "tab:gray" for j in indices.tolist()]
-        bars = axes[i, 1]
-        bars.barh(range(k)[::-1], values.numpy(), color=colors)
-        bars.set_yticks(range(k)[::-1], labels=labels, fontsize=8)
-        bars.set_xlim(0, 1)
-        predicted = class_names[int(indices[0])]
-        verdict = "correct" if int(indices[0]) == true[i] else "wrong"
-        bars.set_title(f"true: {class_names[true[i]]}, predicted: {predicted} ({verdict})", fontsize=8)
-        bars.grid(axis="x", alpha=0.3)
-    axes[-1, 1].set_xlabel("probability")
-    fig.suptitle("Sample predictions (green: true class)" + (f"\n{note}" if note else ""))
-    return fig
-
-
-# --------------------------------------------------------------------------
-# Making all plots
 
 
 def make_plots(
@@ -195,7 +64,7 @@ def make_plots(
     is printed under the sample predictions' title (e.g. that the clips are
     training data).
     """
-    from esc_sweep import figures
+    from esc_sweep.figures import results as figures
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +93,7 @@ def make_plots(
 @torch.inference_mode()
 def _data_plots(out_dir: Path, clips: Any, bundle: Any, features_cfg: Any, max_classes: int,
                 clips_per_class: int, predictions_note: str) -> list[Path]:
-    from esc_sweep.features import build_features
+    from esc_sweep.features.transforms import build_features
 
     if bundle is not None:
         extractor, kind = bundle.features, bundle.config["features"]["kind"]
@@ -267,29 +136,9 @@ def _data_plots(out_dir: Path, clips: Any, bundle: Any, features_cfg: Any, max_c
 
 def log_plots(paths: Sequence[Path], run_id: Optional[str] = None, tracking_uri: Optional[str] = None) -> Optional[str]:
     """Log PNG files to ``plots/`` of ``run_id``, else of the active MLflow run; returns the run id used."""
-    import mlflow
+    from esc_sweep.tracking.artifacts import log_files
 
-    if run_id:
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        from esc_sweep.bundle import tracking_uri_for
-
-        uri = tracking_uri_for(explicit=tracking_uri)
-        client = MlflowClient(uri)
-        try:
-            client.get_run(run_id)
-        except MlflowException:
-            raise EscSweepError(f"--run-id {run_id}: no such MLflow run at {uri} (set --tracking-uri)") from None
-        for path in paths:
-            client.log_artifact(run_id, str(path), artifact_path=PLOTS_ARTIFACT_DIR)
-        return run_id
-    active = mlflow.active_run()
-    if active is None:
-        return None
-    for path in paths:
-        mlflow.log_artifact(str(path), artifact_path=PLOTS_ARTIFACT_DIR)
-    return active.info.run_id
+    return log_files(paths, PLOTS_ARTIFACT_DIR, run_id, tracking_uri)
 
 
 # --------------------------------------------------------------------------
@@ -356,7 +205,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str]) -> None:
-    from esc_sweep.progress import console
+    from esc_sweep.console import console
 
     args = parse_args(argv)
     if args.classes < 1 or args.clips_per_class < 1:

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from esc_sweep.results import FoldResult
+from esc_sweep.training.results import FoldResult
 
 log = logging.getLogger(__name__)
 

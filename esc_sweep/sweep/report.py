@@ -178,7 +178,7 @@ def study_report(
     log.info("study report written to %s", out_dir)
 
     if parent_run_id:
-        from esc_sweep.tracking import log_study_report
+        from esc_sweep.tracking.study_run import log_study_report
 
         log_study_report(parent_run_id, figs, metrics, [results_path, trials_csv])
         console.print(f"Study report logged to MLflow run {parent_run_id}")

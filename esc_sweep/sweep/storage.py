@@ -15,15 +15,14 @@ from typing import Iterator
 import optuna
 from optuna.trial import TrialState
 
+from esc_sweep.paths import optuna_storage_url
+
 log = logging.getLogger(__name__)
 
 
 def default_storage_url(original_cwd: str, study_name: str) -> str:
     """sqlite:///<original cwd>/outputs/optuna/<study_name>.db (folder created)."""
-    folder = Path(original_cwd) / "outputs" / "optuna"
-    folder.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
-    return f"sqlite:///{folder / safe}.db"
+    return optuna_storage_url(original_cwd, study_name)
 
 
 def normalize_url(url: str) -> str:

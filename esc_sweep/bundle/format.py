@@ -1,0 +1,183 @@
+"""The bundle format: a trained model on disk, usable without the training code's config.
+
+``trainer.final_fit=true`` retrains on every fold after the cross-validation
+and the app writes a bundle folder:
+
+    bundle/
+      model.pt      state_dict of the Classifier (standardisation buffers included)
+      bundle.json   format version, class names, the resolved config (model,
+                    features and dataset sections are what loading needs), the
+                    CV metrics summary and how the final fit went
+      metrics.json  the full cross-validation result (per fold, confusion, histories)
+
+to the run's output folder and, when MLflow tracking is on, as the artifact
+folder ``bundle/`` of the run. This module writes and reads those files and
+finds a bundle from what a user names (a folder or an MLflow run id);
+``esc_sweep.bundle.predictor`` turns one into a model ready to predict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from esc_sweep.errors import BundleError
+
+log = logging.getLogger("esc_sweep")
+
+BUNDLE_FORMAT = "esc_sweep-bundle"
+BUNDLE_VERSION = 1
+BUNDLE_DIR = "bundle"  # folder name on disk and artifact path in MLflow
+WEIGHTS_FILE = "model.pt"
+META_FILE = "bundle.json"
+METRICS_FILE = "metrics.json"
+
+# MLflow run ids are uuid4 hex strings; "runs:/<id>[/...]" URIs are accepted too.
+_RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/.*)?$")
+
+
+def save_bundle(
+    directory: Path,
+    model: nn.Module,
+    cfg: DictConfig,
+    class_names: Sequence[str],
+    cv: Any = None,
+    training: Optional[dict[str, Any]] = None,
+    run_id: Optional[str] = None,
+) -> Path:
+    """Write weights, config, class names and metrics to ``directory``.
+
+    ``run_id`` (the MLflow run the bundle belongs to) is recorded for provenance.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, directory / WEIGHTS_FILE)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    # A bundle must not start a download when it is loaded somewhere else.
+    config["model"]["pretrained"] = False
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "class_names": list(class_names),
+        "num_bins": int(state["standardize.mean"].shape[2]),
+        "config": config,
+        "cv": cv.summary() if cv is not None else {},
+        "per_class_accuracy": cv.per_class_accuracy() if cv is not None else {},
+        "training": training or {},
+        "mlflow_run_id": run_id,
+    }
+    (directory / META_FILE).write_text(json.dumps(_json_safe(meta), indent=2))
+    if cv is not None:
+        (directory / METRICS_FILE).write_text(json.dumps(_json_safe(cv.to_dict()), indent=2))
+    return directory
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null so the JSON is valid for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------
+# Finding a bundle
+
+
+@contextlib.contextmanager
+def bundle_directory(source: Union[str, Path], tracking_uri: Optional[str] = None) -> Iterator[Path]:
+    """A local folder holding the bundle ``source`` names, for the ``with`` block.
+
+    ``source`` is a bundle folder, a folder holding ``bundle/`` (a run's
+    output folder), a ``bundle.json`` file, an MLflow run id or ``runs:/<id>``.
+    Bundles of MLflow runs are downloaded into a temporary folder.
+    """
+    text = str(source).strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        yield _local_bundle_dir(path)
+        return
+    match = _RUN_ID.match(text)
+    if match is None:
+        raise BundleError(
+            f"model bundle {text!r} not found: give a bundle folder (<run output dir>/{BUNDLE_DIR}, "
+            f"written by trainer.final_fit=true) or an MLflow run id"
+        )
+    from esc_sweep.tracking.artifacts import download_run_folder  # MLflow: only for run ids
+
+    with tempfile.TemporaryDirectory(prefix="esc_sweep-bundle-") as tmp:
+        local = download_run_folder(
+            match.group(1), BUNDLE_DIR, Path(tmp), tracking_uri,
+            missing=f"MLflow run {match.group(1)} has no '{BUNDLE_DIR}/' artifact: bundles are logged by runs "
+                    f"trained with trainer.final_fit=true (the cross-validation run, not a fold's run)",
+            error=BundleError,
+        )
+        yield _local_bundle_dir(local)
+
+
+def _local_bundle_dir(path: Path) -> Path:
+    if path.is_file() and path.name == META_FILE:
+        path = path.parent
+    for candidate in (path, path / BUNDLE_DIR):
+        if (candidate / META_FILE).is_file():
+            if not (candidate / WEIGHTS_FILE).is_file():
+                raise BundleError(f"bundle {candidate} has no {WEIGHTS_FILE}: it is incomplete, train it again")
+            return candidate
+    raise BundleError(
+        f"{path} is not a model bundle: expected {META_FILE} and {WEIGHTS_FILE} in it "
+        f"(bundles are written to <run output dir>/{BUNDLE_DIR} by trainer.final_fit=true)"
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise BundleError(f"cannot read {Path(directory) / META_FILE}: {err}") from None
+    if meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{Path(directory) / META_FILE} is not an esc_sweep bundle description")
+    if int(meta.get("version", 0)) > BUNDLE_VERSION:
+        raise BundleError(
+            f"bundle {directory} has format version {meta['version']}; this esc_sweep reads up to "
+            f"{BUNDLE_VERSION}: upgrade esc_sweep"
+        )
+    return meta
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle/zip errors of a damaged file
+        raise BundleError(f"cannot read weights {Path(directory) / WEIGHTS_FILE}: {_first_line(err)}") from None
+
+
+def read_init_weights(source: Union[str, Path]):
+    """``model.init_from``: the weights of the bundle ``source`` names, for ``models.init_from``."""
+    from esc_sweep.training.loop import InitWeights
+
+    with bundle_directory(source) as directory:
+        meta = read_meta(directory)
+        state = read_weights(directory)
+    model = meta["config"]["model"]
+    return InitWeights(state=state, source=str(source), model_name=model["name"], width=model.get("width"))

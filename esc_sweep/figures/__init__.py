@@ -1,0 +1,1 @@
+"""Matplotlib (Agg) figures: results (confusion matrices, curves), audio (waveforms, spectrograms)."""

@@ -1,0 +1,140 @@
+"""MLflow client set-up shared by the CV runs, the study runs and artifact logging.
+
+Everything goes through ``MlflowClient`` with explicit run ids, never the
+fluent active-run stack: several runs are open at once (CV and fold run), and
+sweeps run many trials in one process.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from esc_sweep.errors import TrackingError
+from esc_sweep.tracking.uri import check_server, default_root as _default_root, is_server
+
+# Tags that give runs their place in the layout.
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests runs by it)
+ROLE_TAG = "esc_sweep.role"  # study | cv | fold
+STUDY_TAG = "esc_sweep.study"
+TRIAL_TAG = "esc_sweep.trial"
+FOLD_TAG = "fold"
+ERROR_TAG = "esc_sweep.error"
+# Key in the fold-checkpoint state under which the CV run id survives an interruption.
+STATE_KEY = "mlflow_parent_run_id"
+
+# Config groups tagged with the option chosen for them (cfg fallback when Hydra is not running).
+_GROUP_FALLBACKS = {
+    "model": "model.name",
+    "features": "features.kind",
+    "augmentation": "augmentation.name",
+    "dataset": "dataset.name",
+    "optimizer": "optimizer.name",
+    "scheduler": "scheduler.name",
+}
+_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+_MAX_BATCH = 100  # MLflow's limit on params/tags per log_batch call
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside its database; servers choose their own."""
+    root = _default_root()
+    if uri == f"sqlite:///{root / 'mlflow.db'}":
+        return (root / "artifacts").as_uri()
+    if uri.startswith("sqlite:///"):
+        # Otherwise MLflow would write them into ./mlruns of whatever folder the run starts in.
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return None
+
+
+def _quiet_mlflow_logging() -> None:
+    # Creating a SQLite store runs ~50 alembic migrations, each logged at INFO.
+    for name in ("alembic", "mlflow.store.db.utils", "mlflow.store.tracking.sqlalchemy_store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _client(uri: str) -> MlflowClient:
+    _quiet_mlflow_logging()
+    if is_server(uri):
+        check_server(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except MlflowException as err:
+        raise TrackingError(f"cannot use MLflow tracking URI {uri!r}: {err.message}") from None
+
+
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException:
+            # Another process (a parallel sweep trial) created it in the meantime.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow experiment {name!r} was deleted. Restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or set tracking.experiment_name to another name."
+        )
+    return experiment.experiment_id
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), _MAX_BATCH):
+        client.log_batch(run_id, params=items[start : start + _MAX_BATCH])
+
+
+def _log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), _MAX_BATCH):
+        client.log_batch(run_id, tags=items[start : start + _MAX_BATCH])
+
+
+def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    now = _now_ms()
+    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
+    client.log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": 100})
+
+
+def git_commit(*directories: Path) -> str | None:
+    """HEAD of the first directory that is in a git repository; None without git or a repo."""
+    for directory in directories:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
+                                 timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return None
+
+
+def _source_tags() -> dict[str, str]:
+    tags = {"mlflow.source.name": "esc_sweep", "mlflow.source.type": "LOCAL"}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except Exception:  # no user name in some containers
+        pass
+    return tags

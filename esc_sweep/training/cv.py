@@ -1,0 +1,136 @@
+"""Cross-validation in plain PyTorch.
+
+The story of a run:
+1. pick the device and seed everything;
+2. load the clips (decoded once, then cached) and move them to the device;
+3. turn them into log-spectrograms on the device, once;
+4. for each fold: train a fresh model on the other folds (``loop.fit``),
+   evaluate it on this fold after every epoch, save the fold's result so a
+   killed run can resume;
+5. aggregate the folds.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from esc_sweep.data import ClipSet, load_clipset
+from esc_sweep.errors import ConfigError, OutOfMemoryError
+from esc_sweep.features.store import Spectrograms
+from esc_sweep.paths import checkpoint_dir
+from esc_sweep.runtime import pick_device, seed_everything
+from esc_sweep.training.callbacks import Callback, CallbackList
+from esc_sweep.training.checkpoint import FoldCheckpoints, config_key
+from esc_sweep.training.loop import InitWeights, TrainingData, fit
+from esc_sweep.training.results import CVResult, FoldResult
+
+
+def prepare(cfg: DictConfig, device: torch.device) -> tuple[ClipSet, Spectrograms, torch.Tensor]:
+    """Load clips, move them to the device and compute their features."""
+    clips = load_clipset(cfg.dataset, cfg.features.sample_rate, progress=cfg.trainer.progress)
+    spectrograms = Spectrograms(cfg, clips, device)
+    return clips, spectrograms, clips.targets.to(device)
+
+
+def check_folds(clips: ClipSet, folds) -> None:
+    """Every fold used has validation clips and training clips of at least 2 classes (after class selection)."""
+    for fold in folds:
+        in_fold = clips.folds == fold
+        train_classes = int(torch.unique(clips.targets[~in_fold]).numel())
+        if int(in_fold.sum()) == 0:
+            raise ConfigError(f"trainer.folds: fold {fold} has no clips of the selected data "
+                              f"(dataset.classes / dataset.num_folds); drop it from trainer.folds")
+        if train_classes < 2:
+            raise ConfigError(f"trainer.folds: the training folds of fold {fold} hold {train_classes} class(es); "
+                              f"a classifier needs at least 2 (check dataset.classes)")
+
+
+def run_fold(
+    cfg: DictConfig, clips: ClipSet, spectrograms: Spectrograms, targets: torch.Tensor, fold: int,
+    device: torch.device, callbacks: Callback, init: InitWeights | None = None,
+) -> FoldResult:
+    started = time.perf_counter()
+    seed_everything(cfg.trainer.seed * 1000 + fold, cfg.trainer.deterministic, cfg.trainer.compile)
+    folds = clips.folds.to(device)
+    data = TrainingData(
+        spectrograms=spectrograms,
+        targets=targets,
+        num_classes=clips.num_classes,
+        train_index=torch.nonzero(folds != fold).squeeze(1),
+        val_index=torch.nonzero(folds == fold).squeeze(1),
+    )
+    try:
+        _, history, val = fit(cfg, data, device, fold, callbacks, init)
+    except torch.OutOfMemoryError as err:
+        raise OutOfMemoryError(
+            f"fold {fold}: {device} ran out of memory with trainer.batch_size={cfg.trainer.batch_size}. "
+            "Lower trainer.batch_size (or trainer.eval_batch_size), or use a smaller model."
+        ) from err
+    last = history[-1]
+    return FoldResult(
+        fold=fold,
+        val_acc=val["acc"],
+        val_loss=val["loss"],
+        val_f1=val["f1"],
+        train_acc=last["train_acc"],
+        train_loss=last["train_loss"],
+        epochs=len(history),
+        seconds=time.perf_counter() - started,
+        confusion=val["confusion"].tolist(),
+        history=history,
+    )
+
+
+def cross_validate(
+    cfg: DictConfig, callbacks: list[Callback] | None = None, init: InitWeights | None = None
+) -> CVResult:
+    """Run the configured folds; returns per-fold and aggregate results.
+
+    ``init``: weights every fold's model starts from (``model.init_from``, read by the caller).
+    """
+    started = time.perf_counter()
+    callbacks = CallbackList(callbacks or [])
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    device = pick_device(cfg.trainer.device)
+    seed_everything(cfg.trainer.seed, cfg.trainer.deterministic, cfg.trainer.compile)
+    clips, spectrograms, targets = prepare(cfg, device)
+    check_folds(clips, cfg.trainer.folds)
+
+    checkpoints = FoldCheckpoints(checkpoint_dir(cfg) / config_key(cfg, clips.fingerprint))
+    if not cfg.trainer.resume or checkpoints.is_complete():
+        checkpoints.reset()
+    callbacks.on_cv_start({
+        "config": cfg,
+        "clips": clips,
+        "device": device,
+        "checkpoints": checkpoints,
+        "feature_shape": tuple(spectrograms[torch.zeros(1, dtype=torch.long, device=device)].shape[1:]),
+    })
+
+    try:
+        results: list[FoldResult] = []
+        for fold in cfg.trainer.folds:
+            result = checkpoints.load(fold)
+            resumed = result is not None
+            if not resumed:
+                result = run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init)
+                checkpoints.save(result)
+            results.append(result)
+            callbacks.on_fold_end(result, resumed)
+        cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started)
+        callbacks.on_cv_end(cv)
+    except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
+        callbacks.on_exception(error)
+        raise
+    # Resuming is for interrupted runs: the next identical command starts afresh.
+    checkpoints.mark_complete()
+    return cv
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

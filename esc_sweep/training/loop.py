@@ -1,0 +1,234 @@
+"""Training one model, top to bottom: build it, step it, evaluate it.
+
+``train_step`` is the one optimisation step the trainer and the benchmarks
+share. ``fit`` trains a model for ``trainer.epochs``, evaluating after each
+epoch. A batch is an index tensor into device-resident spectrograms, so the
+loop does no per-clip Python work, and the loss is summed on the device and
+read once per epoch (one host synchronisation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from esc_sweep.errors import NonFiniteLossError
+from esc_sweep.features.augment import Augment
+from esc_sweep.features.store import Spectrograms
+from esc_sweep.models import Classifier, count_parameters, create_model
+from esc_sweep.models.init_from import load_backbone_weights
+from esc_sweep.training import metrics
+from esc_sweep.training.callbacks import Callback
+from esc_sweep.training.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class TrainingData:
+    """What one training job sees: spectrograms, labels and which rows to use."""
+
+    spectrograms: Spectrograms
+    targets: torch.Tensor  # on the device
+    num_classes: int
+    train_index: torch.Tensor
+    val_index: torch.Tensor | None  # None when training on everything (final fit)
+
+
+@dataclass
+class InitWeights:
+    """Weights to start a model from (``model.init_from``): a state dict and where it came from."""
+
+    state: dict[str, torch.Tensor]
+    source: str
+    model_name: str
+    width: Any = None
+
+
+def autocast(cfg: DictConfig, device: torch.device):
+    if cfg.trainer.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    if smoothing > 0:
+        soft_targets = soft_targets * (1 - smoothing) + smoothing / soft_targets.shape[1]
+    return -(soft_targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+
+
+@dataclass
+class Trainee:
+    """Everything one optimisation step touches."""
+
+    model: nn.Module
+    forward: nn.Module  # the model, or its torch.compile'd wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: torch.optim.swa_utils.AveragedModel | None
+    cfg: DictConfig
+    device: torch.device
+
+
+def make_trainee(
+    cfg: DictConfig, model: nn.Module, device: torch.device, steps_per_epoch: int, epochs: int | None = None
+) -> Trainee:
+    """Optimizer, schedule (over ``epochs``, default ``trainer.epochs``), EMA and compiled forward for ``model``."""
+    tc = cfg.trainer
+    optimizer = build_optimizer(cfg.optimizer, model, device)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, steps_per_epoch, epochs or tc.epochs, cfg.optimizer.lr)
+    ema = None
+    if tc.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True
+        )
+    forward = torch.compile(model) if tc.compile else model
+    return Trainee(model, forward, optimizer, scheduler, ema, cfg, device)
+
+
+def train_step(trainee: Trainee, x: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on an (augmented) batch; returns the loss, detached and still on the device."""
+    tc = trainee.cfg.trainer
+    if tc.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(trainee.cfg, trainee.device):
+        logits = trainee.forward(x)
+    loss = soft_cross_entropy(logits, soft_targets, tc.label_smoothing)
+    trainee.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip > 0:
+        nn.utils.clip_grad_norm_(trainee.model.parameters(), tc.grad_clip)
+    trainee.optimizer.step()
+    trainee.scheduler.step()
+    if trainee.ema is not None:
+        trainee.ema.update_parameters(trainee.model)
+    return loss.detach()
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, data: TrainingData, index: torch.Tensor, cfg: DictConfig, device: torch.device
+) -> dict[str, Any]:
+    """Loss, accuracy, macro-F1 and confusion matrix of ``model`` on rows ``index``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    predictions = []
+    for batch_index in index.split(cfg.trainer.eval_batch_size):
+        x = data.spectrograms[batch_index]
+        if cfg.trainer.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(cfg, device):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, data.targets[batch_index], reduction="sum")
+        predictions.append(logits.argmax(1))
+    confusion = metrics.confusion_matrix(data.targets[index], torch.cat(predictions), data.num_classes).cpu()
+    return {
+        "loss": float(loss_sum) / len(index),
+        "acc": metrics.accuracy(confusion),
+        "f1": metrics.macro_f1(confusion),
+        "confusion": confusion,
+    }
+
+
+def build_model(
+    cfg: DictConfig, data: TrainingData, device: torch.device, init: InitWeights | None = None
+) -> Classifier:
+    model = create_model(cfg.model, data.num_classes, cfg.features.normalize, data.spectrograms.num_bins)
+    if init is not None:
+        load_backbone_weights(model, init.state, source=init.source, source_model=init.model_name,
+                              source_width=init.width)
+    # Normalisation statistics come from the training rows only.
+    stats = torch.cat([b.float() for b in data.spectrograms.batches(data.train_index, 512)])
+    model.standardize.fit(stats)
+    model = model.to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fit(
+    cfg: DictConfig,
+    data: TrainingData,
+    device: torch.device,
+    fold: int,
+    callbacks: Callback,
+    init: InitWeights | None = None,
+) -> tuple[nn.Module, list[dict[str, float]], dict[str, Any] | None]:
+    """Train one model; evaluate on ``data.val_index`` after each epoch when given.
+
+    Returns the model used for evaluation (the EMA model when enabled), the
+    per-epoch history and the last validation evaluation. ``fold`` 0 is the
+    final fit on all the data.
+    """
+    tc = cfg.trainer
+    model = build_model(cfg, data, device, init)
+    batch_size = min(tc.batch_size, len(data.train_index))
+    steps_per_epoch = max(1, len(data.train_index) // batch_size)
+    trainee = make_trainee(cfg, model, device, steps_per_epoch)
+    callbacks.on_fold_start(fold, {"model": model, "num_parameters": count_parameters(model),
+                                   "epochs": tc.epochs, "steps_per_epoch": steps_per_epoch})
+    augment = Augment(cfg.augmentation, cfg.features.sample_rate / cfg.features.hop_length)
+    eval_model = trainee.ema if trainee.ema is not None else model
+    eye = torch.eye(data.num_classes, device=device)
+    generator = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + fold)
+
+    history: list[dict[str, float]] = []
+    val = None
+    best_val, epochs_without_gain = -1.0, 0
+    for epoch in range(tc.epochs):
+        started = time.perf_counter()
+        model.train()
+        order = data.train_index[torch.randperm(len(data.train_index), generator=generator).to(device)]
+        loss_sum = torch.zeros((), device=device)
+        for step in range(steps_per_epoch):
+            batch_index = order[step * batch_size : (step + 1) * batch_size]
+            x, soft_targets = augment(data.spectrograms[batch_index], eye[data.targets[batch_index]])
+            loss_sum += train_step(trainee, x, soft_targets)
+            callbacks.on_step_end(fold, step + 1)
+
+        # One host synchronisation per epoch.
+        train_loss = float(loss_sum) / steps_per_epoch
+        train_seconds = time.perf_counter() - started
+        if not torch.isfinite(torch.tensor(train_loss)):
+            raise NonFiniteLossError(
+                f"fold {fold}, epoch {epoch + 1}: training loss is {train_loss}. "
+                f"Lower optimizer.lr (now {cfg.optimizer.lr}) or set trainer.grad_clip=1.0."
+            )
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": trainee.scheduler.get_last_lr()[0]}
+        last_epoch = epoch + 1 == tc.epochs
+        if last_epoch or (epoch + 1) % tc.train_eval_every == 0:
+            train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
+            record["train_acc"] = train_eval["acc"]
+            record["train_eval_loss"] = train_eval["loss"]
+        if data.val_index is not None:
+            val = evaluate(eval_model, data, data.val_index, cfg, device)
+            record.update(val_loss=val["loss"], val_acc=val["acc"], val_f1=val["f1"])
+            if "train_acc" in record:
+                record["gap"] = record["train_acc"] - val["acc"]
+        record["epoch_seconds"] = time.perf_counter() - started
+        record["train_seconds"] = train_seconds
+        record["eval_seconds"] = record["epoch_seconds"] - train_seconds
+        history.append(record)
+        callbacks.on_epoch_end(fold, epoch + 1, record)
+
+        if tc.early_stopping_patience > 0 and val is not None:
+            if val["acc"] > best_val:
+                best_val, epochs_without_gain = val["acc"], 0
+            else:
+                epochs_without_gain += 1
+                if epochs_without_gain >= tc.early_stopping_patience:
+                    break
+    if "train_acc" not in history[-1]:  # stopped early between train evaluations
+        train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
+        history[-1]["train_acc"] = train_eval["acc"]
+        history[-1]["train_eval_loss"] = train_eval["loss"]
+        if val is not None:
+            history[-1]["gap"] = train_eval["acc"] - val["acc"]
+    final_model = trainee.ema.module if trainee.ema is not None else model
+    callbacks.on_model_trained(fold, final_model)
+    return final_model, history, val
