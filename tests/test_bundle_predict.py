@@ -254,3 +254,23 @@ def test_predict_by_mlflow_run_id_matches_the_bundle_folder(trained, tmp_path):
         top_label, top_probability = local.top_k(expected, 1)[0]
         assert got[path.name]["label"] == top_label
         assert got[path.name]["probability"] == pytest.approx(top_probability, abs=1e-5)
+
+
+def test_one_bad_file_among_many_keeps_the_others_and_output_never_overwrites_an_input(trained, tmp_path):
+    files = write_synthetic_clips(tmp_path / "clips", per_class=2, seed=9)
+    bad = tmp_path / "clips" / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really")
+    target = tmp_path / "predictions.csv"
+    out = predict_cli([str(trained.bundle_dir), str(tmp_path / "clips"), "--format", "csv", "-o", str(target)],
+                      cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "1 of" in one_line(out.stderr) and "broken.wav" in one_line(out.stderr)
+    rows = list(csv.DictReader(io.StringIO(target.read_text())))
+    assert {Path(r["file"]).name for r in rows if r["label"] != "error"} == {p.name for p, _ in files}
+    assert [Path(r["file"]).name for r in rows if r["label"] == "error"] == ["broken.wav"]
+
+    audio = files[0][0]
+    before = audio.read_bytes()
+    out = predict_cli([str(trained.bundle_dir), str(audio), "-o", str(audio)], cwd=tmp_path)
+    assert out.returncode == 2 and "refusing to write predictions over it" in one_line(out.stderr)
+    assert audio.read_bytes() == before

@@ -1,10 +1,13 @@
 """``esc-sweep predict <bundle or MLflow run id> <files or folders...>``: tag new audio.
 
-Each file is decoded whole (any format soundfile reads, any sample rate, any
-number of channels), mixed to mono and resampled to the bundle's rate; longer
+Each file is decoded (any format soundfile reads, any sample rate, any number
+of channels), mixed to mono and resampled to the bundle's rate; longer
 recordings are cut into clip-length windows whose probabilities are averaged
 (see ``Bundle.predict``). The top-k labels per file are printed as a table, or
-written as JSON or CSV.
+written as JSON or CSV. A file that cannot be read is reported and skipped; the
+others are still predicted (exit 2 at the end). ``--output`` is written
+atomically and never over an input or any audio file; CSV to the terminal
+streams row by row.
 """
 
 from __future__ import annotations
@@ -55,8 +58,26 @@ def collect_files(inputs: Iterable[str]) -> list[Path]:
     return list(dict.fromkeys(files))  # a file named twice is predicted once
 
 
-def predict_files(bundle: Any, files: list[Path], top_k: int) -> list[dict[str, Any]]:
-    """One record per file: duration, number of windows, top-k labels with probabilities."""
+def predict_one(bundle: Any, path: Path, top_k: int) -> dict[str, Any]:
+    """The record of one file: duration, number of windows, top-k labels with probabilities."""
+    waveform = decode_recording(path, bundle.sample_rate)
+    probabilities = bundle.predict(waveform)[0]
+    top = bundle.top_k(probabilities, top_k)
+    return {
+        "file": str(path),
+        "seconds": round(waveform.shape[0] / bundle.sample_rate, 3),
+        "windows": max(1, -(-waveform.shape[0] // bundle.clip_samples)),
+        "label": top[0][0],
+        "probability": top[0][1],
+        "top": [{"label": label, "probability": p} for label, p in top],
+    }
+
+
+def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None) -> list[dict[str, Any]]:
+    """One record per file, in order; a file that cannot be read gets ``{"file", "error"}`` and the rest go on.
+
+    ``on_record`` sees each record as soon as it exists (streamed output).
+    """
     from esc_sweep.console import console
     from rich.progress import Progress
 
@@ -64,17 +85,14 @@ def predict_files(bundle: Any, files: list[Path], top_k: int) -> list[dict[str, 
     with Progress(console=console, transient=True, disable=len(files) < 5) as progress:
         task = progress.add_task("predicting", total=len(files))
         for path in files:
-            waveform = decode_recording(path, bundle.sample_rate)
-            probabilities = bundle.predict(waveform)[0]
-            top = bundle.top_k(probabilities, top_k)
-            records.append({
-                "file": str(path),
-                "seconds": round(waveform.shape[0] / bundle.sample_rate, 3),
-                "windows": max(1, -(-waveform.shape[0] // bundle.clip_samples)),
-                "label": top[0][0],
-                "probability": top[0][1],
-                "top": [{"label": label, "probability": p} for label, p in top],
-            })
+            try:
+                record = predict_one(bundle, path, top_k)
+            except EscSweepError as err:  # one unreadable file does not cost the others their predictions
+                record = {"file": str(path), "error": str(err)}
+                console.print(f"[yellow]skipped[/] {path}: {err}", markup=True, highlight=False)
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
             progress.advance(task)
     return records
 
@@ -98,9 +116,16 @@ def render_csv(records: list[dict[str, Any]]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "rank", "label", "probability"])
     for record in records:
-        for rank, item in enumerate(record["top"], start=1):
-            writer.writerow([record["file"], rank, item["label"], f"{item['probability']:.6f}"])
+        write_csv_rows(writer, record)
     return out.getvalue()
+
+
+def write_csv_rows(writer, record: dict[str, Any]) -> None:
+    if "error" in record:
+        writer.writerow([record["file"], "", "error", record["error"]])
+        return
+    for rank, item in enumerate(record["top"], start=1):
+        writer.writerow([record["file"], rank, item["label"], f"{item['probability']:.6f}"])
 
 
 def render_table(bundle: Any, records: list[dict[str, Any]]):
@@ -113,6 +138,9 @@ def render_table(bundle: Any, records: list[dict[str, Any]]):
     table.add_column("prob.", justify="right")
     table.add_column("next most likely")
     for record in records:
+        if "error" in record:
+            table.add_row(_short_path(record["file"]), "-", "[red]unreadable[/]", "-", record["error"])
+            continue
         others = " · ".join(f"{item['label']} {100 * item['probability']:.1f}%" for item in record["top"][1:])
         table.add_row(
             _short_path(record["file"]), f"{record['seconds']:.1f}", record["label"], f"{100 * record['probability']:.1f}%", others
@@ -126,6 +154,30 @@ def _short_path(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it: ``path`` is never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise EscSweepError(f"cannot write --output {path}: {err.strerror or err}") from None
+
+
+def check_output(output: Optional[str], files: list[Path]) -> None:
+    """Refuse an --output that would write over an input or over any audio file."""
+    if output is None:
+        return
+    target = Path(output).expanduser()
+    resolved = target.resolve()
+    if any(resolved == f.resolve() for f in files) or (target.exists() and is_audio_file(target)):
+        raise EscSweepError(f"--output {output} is an audio file{' given as input' if target.exists() else ''}: "
+                            f"refusing to write predictions over it; name a .csv, .json or .txt file")
+    if target.is_dir():
+        raise EscSweepError(f"--output {output} is a folder: name a file")
 
 
 def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: Optional[str]) -> None:
@@ -146,10 +198,7 @@ def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: O
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    try:
-        Path(output).expanduser().write_text(text)
-    except OSError as err:
-        raise EscSweepError(f"cannot write --output {output}: {err.strerror or err}") from None
+    atomic_write_text(Path(output).expanduser(), text)
     from esc_sweep.console import console
 
     console.print(f"wrote predictions for {len(records)} file(s) to {output}")
@@ -181,9 +230,26 @@ def main(argv: list[str]) -> None:
     from esc_sweep.bundle import load_bundle
 
     files = collect_files(args.inputs)  # before loading the model: bad paths fail fast
+    check_output(args.output, files)
     bundle = load_bundle(args.bundle, device=args.device, tracking_uri=args.tracking_uri)
-    records = predict_files(bundle, files, args.top_k)
-    write_output(bundle, records, args.format, args.output)
+    stream = None
+    if args.format == "csv" and args.output is None:  # CSV to the terminal streams: each row as its file is done
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["file", "rank", "label", "probability"])
+
+        def stream_row(record):
+            write_csv_rows(writer, record)
+            sys.stdout.flush()
+
+        stream = stream_row
+
+    records = predict_files(bundle, files, args.top_k, on_record=stream)
+    if stream is None:
+        write_output(bundle, records, args.format, args.output)
+    failed = [r for r in records if "error" in r]
+    if failed:
+        raise EscSweepError(f"{len(failed)} of {len(records)} file(s) could not be read (first: "
+                            f"{failed[0]['error']}); the predictions of the others were written")
 
 
 if __name__ == "__main__":
