@@ -11,7 +11,7 @@ import sys
 SUBCOMMANDS = {
     "predict": "esc_sweep.app.predict",
     "serve": "esc_sweep.app.serve",
-    "plots": "esc_sweep.app.train.plots",
+    "plots": "esc_sweep.app.plots",
 }
 
 

@@ -354,9 +354,9 @@ def test_dict_config_is_accepted(fake):
     from omegaconf import OmegaConf
 
     root, _, cache_dir = fake
-    cfg = OmegaConf.structured(fake_cfg(root, cache_dir, classes=["cow"]))
+    cfg = OmegaConf.structured(fake_cfg(root, cache_dir, classes=["cow", "dog"]))
     clips = load_clipset(cfg, 8000, progress=False)
-    assert clips.class_names == ["cow"] and len(clips) == 10
+    assert clips.class_names == ["dog", "cow"] and len(clips) == 20
 
 
 # --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class ClipSet:
     groups: list[str]  # source-recording id per clip (ESC-50 src_file); len N
     sample_rate: int
     num_folds: int
-    fingerprint: str  # short hex hash of (clip ids, file sizes, sample rate, clip length, label mode, classes)
+    fingerprint: str  # short hex hash of (clip ids, file contents, sample rate, clip length, label mode, classes, folds)
 
     def __post_init__(self) -> None:
         n = self.waveforms.shape[0]
@@ -111,6 +111,7 @@ def _opt(cfg: Any, key: str, default: Any = None) -> Any:
 
 
 def _requested_classes(cfg: Any) -> Optional[list[str]]:
+    """The class names of ``dataset.classes``; None (absent or null) means all classes."""
     classes = _opt(cfg, "classes", None)
     if classes is None:
         return None
@@ -118,8 +119,26 @@ def _requested_classes(cfg: Any) -> Optional[list[str]]:
         classes = [classes]
     names = [str(c) for c in classes]
     if not names:
-        return None
+        # An empty list used to mean "all": a typo'd override then trained on everything.
+        raise DataError("dataset.classes=[] selects no class: list at least 2 class names, or set dataset.classes=null for all")
     return list(dict.fromkeys(names))  # drop repeats, keep order
+
+
+def _require_classes(class_names: Sequence[str], requested: Optional[Sequence[str]], where: str, fix: str = "") -> None:
+    """Refuse fewer than 2 classes: a one-class classifier scores 100% and learns nothing.
+
+    Call after the selection and before decoding, so the error comes at once
+    and blames ``dataset.classes`` when that is what left a single class.
+    """
+    if len(class_names) >= 2:
+        return
+    found = f"{len(class_names)} class ({', '.join(class_names) or 'none'})"
+    if requested is not None:
+        raise DataError(
+            f"dataset.classes=[{','.join(requested)}] leaves {found} in {where}: a classifier needs at least 2; "
+            f"list more classes or set dataset.classes=null for all"
+        )
+    raise DataError(f"{where} has {found}: a classifier needs at least 2 classes{fix}")
 
 
 def _check_class_names(requested: Sequence[str], valid: Sequence[str], where: str) -> None:

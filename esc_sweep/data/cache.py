@@ -1,7 +1,7 @@
 """On-disk cache of decoded waveforms.
 
-A dataset is decoded once per (files fingerprint, sample rate, clip length)
-and stored as a single float16 tensor file (``torch.save``) under the cache
+A dataset is decoded once per (files fingerprint: names and contents, sample
+rate, clip length) and stored as a single float16 tensor file (``torch.save``) under the cache
 folder: ``dataset.cache_dir``, else ``$ESC_SWEEP_CACHE``, else
 ``~/.cache/esc_sweep/waveforms``. Files are written atomically (temporary file
 + ``os.replace``), so concurrent runs never see a half-written cache.
@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,31 +26,125 @@ from typing import Optional, Sequence
 import torch
 
 from esc_sweep.data import audio
-from esc_sweep.errors import DataError
+from esc_sweep.data.files import open_regular, refuse_same_files
+from esc_sweep.paths import waveform_cache_dir
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 _F16_MAX = 65504.0
+_MEMO_VERSION = 1
+_DIGEST_CHUNK = 1 << 20
+_RACY_NS = 2_000_000_000
 
 
 def default_cache_dir(cache_dir: Optional[str] = None) -> Path:
-    """``cache_dir`` if set, else ``$ESC_SWEEP_CACHE``, else ``~/.cache/esc_sweep/waveforms``."""
-    chosen = cache_dir or os.environ.get("ESC_SWEEP_CACHE") or "~/.cache/esc_sweep/waveforms"
-    return Path(os.path.expandvars(os.path.expanduser(str(chosen))))
+    """``cache_dir`` if set, else ``$ESC_SWEEP_CACHE``, else ``~/.cache/esc_sweep/waveforms`` (esc_sweep.paths)."""
+    return waveform_cache_dir(cache_dir)
 
 
-def files_fingerprint(paths: Sequence[Path], root: Optional[Path] = None) -> str:
-    """Hash of the listed files: relative name, size and modification time."""
+def files_fingerprint(paths: Sequence[Path], root: Optional[Path] = None, digests: Optional[Sequence[str]] = None) -> str:
+    """Hash of the listed files: relative name, size and content digest.
+
+    Content, not modification times: audio re-exported with the same sizes
+    (and even the same times) gets a new fingerprint, while a copy of the same
+    files elsewhere keeps it. ``digests`` are :func:`content_digests` of
+    ``paths`` when the caller has them already.
+    """
+    if digests is None:
+        digests = content_digests(paths, root)
+    if len(digests) != len(paths):
+        raise ValueError("paths and digests differ in length")
     h = hashlib.sha256()
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise DataError(f"cannot read audio file {path}: {exc.strerror or exc}") from None
+    for path, digest in zip(paths, digests):
         name = os.path.relpath(path, root) if root is not None else os.path.basename(path)
-        h.update(f"{Path(name).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{Path(name).as_posix()}\0{digest}\n".encode())
     return h.hexdigest()[:20]
+
+
+def content_digests(paths: Sequence[Path], root: Optional[Path] = None, cache_dir: Optional[Path] = None) -> list[str]:
+    """Per file, a hash of its size and bytes (blake2b-128, hex).
+
+    Refuses non-regular files and two paths that are one file (see
+    :func:`~esc_sweep.data.files.refuse_same_files`). With ``cache_dir``,
+    digests are remembered there keyed by the file's full stat (size, mtime,
+    ctime, inode, device): ctime changes on every write and cannot be set
+    back by copy tools, so an unchanged stat means unchanged bytes, and a
+    warm start costs one ``stat`` per file instead of reading every byte.
+    """
+    stats = refuse_same_files(paths, root, what=f"dataset {root}" if root is not None else "the dataset")
+    memo_file = _memo_path(cache_dir, root) if cache_dir is not None else None
+    memo = _read_memo(memo_file) if memo_file is not None else {}
+    digests: list[str] = []
+    changed = False
+    # A file changed within the timestamp granularity of its last change could
+    # change again with an identical stat ("racily clean", as git calls it):
+    # only digests of files unchanged for a while are remembered.
+    settled = time.time_ns() - _RACY_NS
+    for path, st in zip(paths, stats):
+        key = os.path.abspath(os.fspath(path))
+        ident = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+        entry = memo.get(key)
+        if isinstance(entry, list) and entry[:-1] == ident:
+            digests.append(str(entry[-1]))
+            continue
+        digest = _file_digest(path)
+        digests.append(digest)
+        if st.st_ctime_ns < settled and st.st_mtime_ns < settled:
+            memo[key] = [*ident, digest]
+            changed = True
+    if changed and memo_file is not None:
+        _write_memo(memo_file, memo)
+    return digests
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    fh, st = open_regular(path)
+    with fh:
+        h.update(f"{st.st_size}\0".encode())
+        while True:
+            chunk = fh.read(_DIGEST_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _memo_path(cache_dir: Path, root: Optional[Path]) -> Path:
+    where = os.path.abspath(root) if root is not None else "(no root)"
+    return Path(cache_dir) / f"digests-{hashlib.sha256(where.encode()).hexdigest()[:16]}.json"
+
+
+def _read_memo(memo_file: Path) -> dict:
+    try:
+        with open(memo_file) as fh:
+            memo = json.load(fh)
+        ok = isinstance(memo, dict) and memo.get("version") == _MEMO_VERSION and isinstance(memo.get("files"), dict)
+        return memo["files"] if ok else {}
+    except (OSError, ValueError):
+        return {}  # no memo yet, or a broken one: hash the files again
+
+
+def _write_memo(memo_file: Path, files: dict) -> None:
+    """Atomic write; a failure only costs rehashing next time."""
+    tmp_name = None
+    try:
+        memo_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{memo_file.name}.", suffix=".tmp", dir=memo_file.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"version": _MEMO_VERSION, "files": files}, fh, separators=(",", ":"))
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, memo_file)
+        tmp_name = None
+    except OSError as exc:
+        log.debug("could not write the file digest memo %s (%s)", memo_file, exc)
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError:
+                pass
 
 
 def cache_path(cache_dir: Path, prefix: str, fingerprint: str, sample_rate: int, num_samples: int) -> Path:
@@ -69,17 +164,22 @@ def load_waveforms(
     description: str = "Decoding audio",
     progress: bool = True,
     num_workers: Optional[int] = None,
+    digests: Optional[Sequence[str]] = None,
 ) -> torch.Tensor:
     """Decoded clips as a float16 tensor ``[len(paths), num_samples]``.
 
-    Returns the cached tensor when one exists for these files; otherwise
-    decodes every file (thread pool), stores the result and returns it.
+    Returns the cached tensor when one exists for these files (same names
+    and contents); otherwise decodes every file (thread pool), stores the
+    result and returns it. ``digests``: :func:`content_digests` of ``paths``
+    if the caller computed them already.
     """
     paths = [Path(p) for p in paths]
     if len(paths) != len(clip_ids):
         raise ValueError("paths and clip_ids differ in length")
     folder = default_cache_dir(cache_dir)
-    fp = files_fingerprint(paths, root)
+    if digests is None:
+        digests = content_digests(paths, root, folder)
+    fp = files_fingerprint(paths, root, digests)
     target = cache_path(folder, prefix, fp, sample_rate, num_samples)
 
     cached = _read_cache(target, clip_ids, sample_rate, num_samples)

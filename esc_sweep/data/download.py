@@ -29,8 +29,8 @@ from typing import Any, Optional
 
 from esc_sweep.data import _opt
 from esc_sweep.errors import DownloadError
+from esc_sweep.paths import download_dir
 
-DEFAULT_DOWNLOAD_DIR = "~/.cache/esc_sweep/datasets"
 _CHUNK = 1 << 16
 _MARKER = ".esc_sweep_complete"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -47,7 +47,7 @@ def ensure_esc50(dataset: Any, progress: bool = True) -> Path:
     if not url:
         raise DownloadError("dataset.url is empty: set it to the ESC-50 archive URL or set dataset.root")
     sha256 = normalize_sha256(_opt(dataset, "archive_sha256", None))
-    base = Path(os.path.expandvars(os.path.expanduser(str(_opt(dataset, "download_dir", None) or DEFAULT_DOWNLOAD_DIR))))
+    base = download_dir(_opt(dataset, "download_dir", None))
     key = hashlib.sha256(url.encode()).hexdigest()[:10]
     extract_dir = base / f"esc50-{key}"
     marker = extract_dir / _MARKER

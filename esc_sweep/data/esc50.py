@@ -19,10 +19,11 @@ from esc_sweep.data import (
     _fingerprint,
     _opt,
     _remap_targets,
+    _require_classes,
     _requested_classes,
 )
 from esc_sweep.data import audio as audio_mod
-from esc_sweep.data.cache import load_waveforms
+from esc_sweep.data.cache import content_digests, default_cache_dir, load_waveforms
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.errors import DataError
 
@@ -224,18 +225,22 @@ def load_esc50(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet
         raw = [rows[i].target for i in keep]
         names_by_raw = {rows[i].target: rows[i].category for i in keep}
     targets, class_names = _remap_targets(raw, names_by_raw)
+    _require_classes(class_names, requested, str(csv_path))
 
     all_ids = [r.stem for r in rows]
+    cache_dir = _opt(dataset, "cache_dir", None)
+    digests = content_digests(paths, root, default_cache_dir(cache_dir))
     full = load_waveforms(
         paths,
         all_ids,
         sample_rate,
         num_samples,
-        cache_dir=_opt(dataset, "cache_dir", None),
+        cache_dir=cache_dir,
         root=root,
         prefix="esc50",
         description="Decoding ESC-50",
         progress=progress,
+        digests=digests,
     )
     index = torch.tensor(keep, dtype=torch.long)
     waveforms = full.index_select(0, index).to(torch.float32) if len(keep) != len(rows) else full.to(torch.float32)
@@ -243,11 +248,11 @@ def load_esc50(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet
 
     clip_ids = [all_ids[i] for i in keep]
     folds = torch.tensor([rows[i].fold for i in keep], dtype=torch.long)
-    sizes = [_size(paths[i]) for i in keep]
+    # File contents, not just sizes: re-exported audio must not resume stale folds.
     fingerprint = _fingerprint(
         kind="esc50",
         clip_ids=clip_ids,
-        sizes=sizes,
+        content=[digests[i] for i in keep],
         sample_rate=sample_rate,
         num_samples=num_samples,
         label=label,
@@ -290,9 +295,3 @@ def _bool(value: Any, csv_path: Path, line: int) -> bool:
         return False
     raise DataError(f"{csv_path} line {line}: esc10 {value!r} is not True/False")
 
-
-def _size(path: Path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1

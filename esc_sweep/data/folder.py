@@ -16,17 +16,29 @@ even when two classes both hold ``001.wav``).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-from esc_sweep.data import ClipSet, _check_class_names, _fingerprint, _opt, _remap_targets, _requested_classes
+from esc_sweep.data import (
+    ClipSet,
+    _check_class_names,
+    _fingerprint,
+    _opt,
+    _remap_targets,
+    _require_classes,
+    _requested_classes,
+)
 from esc_sweep.data import audio as audio_mod
-from esc_sweep.data.cache import load_waveforms
+from esc_sweep.data.cache import content_digests, default_cache_dir, load_waveforms
 from esc_sweep.data.csvfile import read_csv_rows
+from esc_sweep.data.files import FileKey, walk_audio_files
 from esc_sweep.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_root(dataset: Any) -> Path:
@@ -50,15 +62,38 @@ def resolve_csv(root: Path, csv_name: str) -> Path:
 
 
 def scan_subfolders(root: Path) -> list[tuple[str, str]]:
-    """``(relative path, class name)`` for every audio file under ``root/<class>/``."""
+    """``(relative path, class name)`` for every audio file under ``root/<class>/``.
+
+    Symbolic links are followed, but each folder is walked once per class (a
+    loop such as ``dog/again -> .`` ends) and a file reached twice within a
+    class (same device and inode) is counted once, at its first path in
+    sorted order, so links cannot copy clips into several folds. A file
+    reached from two classes has no single label: that is refused.
+    """
     items: list[tuple[str, str]] = []
+    owner: dict[FileKey, tuple[str, str]] = {}  # file -> (relative path, class) where first found
+    repeats: list[str] = []
+
+    def on_duplicate(path: Path, first: Path) -> None:
+        repeats.append(_rel(path, root))
+
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if audio_mod.is_audio_file(name):
-                    rel = Path(dirpath, name).relative_to(root).as_posix()
-                    items.append((rel, class_dir.name))
+        label = class_dir.name
+        for path, key in walk_audio_files(class_dir, audio_mod.is_audio_file, on_duplicate):
+            rel = _rel(path, root)
+            if key in owner:
+                first_rel, first_label = owner[key]
+                raise DataError(
+                    f"dataset root {root}: {first_rel} (class {first_label}) and {rel} (class {label}) are the same "
+                    f"file (a link), so it has no single label: remove one of them"
+                )
+            owner[key] = (rel, label)
+            items.append((rel, label))
+    if repeats:
+        log.warning(
+            "dataset root %s: %d audio file(s) reached twice through links were counted once (e.g. %s)",
+            root, len(repeats), repeats[0],
+        )
     if not items:
         exts = ", ".join(sorted(audio_mod.AUDIO_EXTENSIONS)[:6])
         raise DataError(
@@ -66,6 +101,10 @@ def scan_subfolders(root: Path) -> list[tuple[str, str]]:
             f"(extensions {exts}, ...), or set dataset.csv"
         )
     return items
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(path).relative_to(root).as_posix()
 
 
 def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str, str]], Optional[list[int]]]:
@@ -139,7 +178,8 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
         csv_path = resolve_csv(root, str(csv_name))
         items, given_folds = read_csv(root, csv_path, num_folds)
         where = str(csv_path)
-        missing = [rel for rel, _ in items if not (root / rel).is_file()]
+        # Existence only: a listed FIFO or folder gets its own error when read.
+        missing = [rel for rel, _ in items if not os.path.lexists(root / rel)]
         if missing:
             raise DataError(
                 f"{len(missing)} of {len(items)} files listed in {csv_path} are missing under {root}: "
@@ -172,13 +212,17 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
         wanted = set(requested)
         keep = [i for i in keep if items[i][1] in wanted]
     targets, class_names = _remap_targets([raw_targets[i] for i in keep], dict(enumerate(names)))
+    _require_classes(class_names, requested, where, fix=": add a sub-folder (or CSV label) per class")
 
+    cache_dir = _opt(dataset, "cache_dir", None)
+    digests = content_digests(paths, root, default_cache_dir(cache_dir))
     full = load_waveforms(
         paths,
         clip_ids_all,
         sample_rate,
         num_samples,
-        cache_dir=_opt(dataset, "cache_dir", None),
+        cache_dir=cache_dir,
+        digests=digests,
         root=root,
         prefix=f"folder-{_opt(dataset, 'name', 'folder')}",
         description=f"Decoding {_opt(dataset, 'name', 'folder')}",
@@ -193,7 +237,8 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
     fingerprint = _fingerprint(
         kind="folder",
         clip_ids=clip_ids,
-        sizes=[os.path.getsize(paths[i]) for i in keep],
+        # File contents, not just sizes: re-exported audio must not resume stale folds.
+        content=[digests[i] for i in keep],
         sample_rate=sample_rate,
         num_samples=num_samples,
         label=label_mode,

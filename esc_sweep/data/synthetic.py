@@ -15,7 +15,15 @@ from typing import Any
 
 import torch
 
-from esc_sweep.data import ClipSet, _check_class_names, _fingerprint, _opt, _remap_targets, _requested_classes
+from esc_sweep.data import (
+    ClipSet,
+    _check_class_names,
+    _fingerprint,
+    _opt,
+    _remap_targets,
+    _require_classes,
+    _requested_classes,
+)
 from esc_sweep.data.audio import num_samples_for
 from esc_sweep.errors import DataError
 
@@ -120,6 +128,7 @@ def load_synthetic(dataset: Any, sample_rate: int) -> ClipSet:
         keep = torch.isin(raw_targets, wanted).nonzero().flatten()
     rows = keep.tolist()
     targets, class_names = _remap_targets(raw_targets[keep].tolist(), dict(enumerate(names)))
+    _require_classes(class_names, requested, "the synthetic dataset", fix=": set dataset.num_classes >= 2")
     clip_ids = [clip_ids[i] for i in rows]
     fingerprint = _fingerprint(
         kind="synthetic",
