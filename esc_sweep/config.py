@@ -194,6 +194,17 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config, replace=True)
+    # ${esc_sweep_run_tag:} in hydra.run.dir: the process id and a random suffix, so two runs
+    # started in the same second (or on two machines sharing a folder) never share an output folder.
+    if not OmegaConf.has_resolver("esc_sweep_run_tag"):
+        OmegaConf.register_resolver("esc_sweep_run_tag", _run_tag, use_cache=True)
+
+
+def _run_tag() -> str:
+    import os
+    import secrets
+
+    return f"{os.getpid()}{secrets.token_hex(2)}"
 
 
 # --------------------------------------------------------------------------

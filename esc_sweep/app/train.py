@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> float:
     from esc_sweep.app.progress import TrainingProgress
     from esc_sweep.app.report import print_results, write_results
     from esc_sweep.safety import check_targets
-    from esc_sweep.training.cv import cross_validate
+    from esc_sweep.training.cv import cross_validate, mark_cv_complete
 
     from esc_sweep.training.dry_run import dry_run
 
@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> float:
         init = read_init_weights(cfg.model.init_from)
     callbacks = build_callbacks(cfg, first=warm_up)
     progress = TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds))
-    cv = cross_validate(cfg, [progress, *callbacks], init=init)
+    cv = cross_validate(cfg, [progress, *callbacks], init=init, mark_complete=False)
     print_results(cv)  # stdout; progress and errors go to stderr
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     path = write_results(cv, output_dir)
@@ -109,6 +109,8 @@ def run(cfg: DictConfig) -> float:
         # The bundle is also logged to the MLflow run of this cross-validation.
         run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
         final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=init)
+    # Only now is the run complete: until here a crash or kill leaves every finished fold resumable.
+    mark_cv_complete(cv, cfg)
     return cv.mean_val_acc
 
 

@@ -89,8 +89,19 @@ class FoldCheckpoints:
     def is_complete(self) -> bool:
         return bool(self.state.get("complete"))
 
-    def mark_complete(self) -> None:
-        self.update_state(complete=True)
+    def completed_folds(self) -> list[int] | None:
+        """The folds of the run that completed here, or None when none completed."""
+        if not self.is_complete():
+            return None
+        folds = self.state.get("completed_folds")
+        return sorted(folds) if isinstance(folds, list) else []
+
+    def mark_complete(self, folds: list[int] | None = None) -> None:
+        self.update_state(complete=True, completed_folds=sorted(folds or []))
+
+    def reopen(self) -> None:
+        """Keep the finished folds for a run that asks for other folds (e.g. all five after fold 1 alone)."""
+        self.update_state(complete=False, completed_folds=None)
 
     def reset(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

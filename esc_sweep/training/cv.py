@@ -86,11 +86,13 @@ def run_fold(
 
 
 def cross_validate(
-    cfg: DictConfig, callbacks: list[Callback] | None = None, init: InitWeights | None = None
+    cfg: DictConfig, callbacks: list[Callback] | None = None, init: InitWeights | None = None,
+    mark_complete: bool = True,
 ) -> CVResult:
     """Run the configured folds; returns per-fold and aggregate results.
 
     ``init``: weights every fold's model starts from (``model.init_from``, read by the caller).
+    ``mark_complete=False`` leaves marking the run complete to the caller (``mark_cv_complete``).
     """
     started = time.perf_counter()
     callbacks = CallbackList(callbacks or [])
@@ -102,8 +104,11 @@ def cross_validate(
     check_folds(clips, cfg.trainer.folds)
 
     checkpoints = FoldCheckpoints(checkpoint_dir(cfg) / config_key(cfg, clips.fingerprint))
-    if not cfg.trainer.resume or checkpoints.is_complete():
-        checkpoints.reset()
+    completed = checkpoints.completed_folds()
+    if not cfg.trainer.resume or completed == sorted(cfg.trainer.folds):
+        checkpoints.reset()  # resuming is for interrupted runs: the same command after a completed run starts afresh
+    elif completed is not None:
+        checkpoints.reopen()  # other folds than the completed run's: its finished folds are reused
     callbacks.on_cv_start({
         "config": cfg,
         "clips": clips,
@@ -122,14 +127,25 @@ def cross_validate(
                 checkpoints.save(result)
             results.append(result)
             callbacks.on_fold_end(result, resumed)
-        cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started)
+        cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started,
+                      checkpoint_dir=checkpoints.directory)
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)
         raise
-    # Resuming is for interrupted runs: the next identical command starts afresh.
-    checkpoints.mark_complete()
+    if mark_complete:
+        mark_cv_complete(cv, cfg)
     return cv
+
+
+def mark_cv_complete(cv: CVResult, cfg: DictConfig) -> None:
+    """Record that this run finished: the same command again starts afresh (until then it resumes).
+
+    The app calls it only after results.json is written and the final fit is done, so a
+    crash, a full disk or a kill in between leaves every finished fold resumable.
+    """
+    if cv.checkpoint_dir is not None:
+        FoldCheckpoints(cv.checkpoint_dir).mark_complete(list(cfg.trainer.folds))
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

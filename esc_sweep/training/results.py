@@ -49,6 +49,9 @@ class CVResult:
     folds: list[FoldResult]
     class_names: list[str]
     seconds: float = 0.0
+    # Where the finished folds are kept; the caller marks the run complete there once its
+    # results are safely written (not part of to_dict: a location, not a result).
+    checkpoint_dir: Any = field(default=None, compare=False, repr=False)
 
     @property
     def pooled_confusion(self) -> list[list[int]]:
