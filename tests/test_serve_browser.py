@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import numpy as np
 import soundfile as sf
 
 from tests.synthetic_bundle import stereo, synthetic_clips, trained_synthetic_run, write_synthetic_clips
@@ -226,3 +227,26 @@ def test_json_api_and_upload_errors(server, tmp_path):
     assert status == 413 and "limit is 1.00 MiB" in answer["error"]
     with urllib.request.urlopen(server + "health", timeout=30) as response:
         assert response.read() == b"ok\n"  # still serving after the errors
+
+
+def test_twenty_concurrent_uploads_are_all_answered_and_an_hour_claim_is_refused_from_the_header(server, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = write_synthetic_clips(tmp_path / "many", per_class=4, seed=77)[:20]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda item: post_file(server + "api/predict", item[0].name, item[0].read_bytes()),
+                                files))
+    assert [status for status, _ in answers] == [200] * 20, answers
+    assert sum(a["top"][0]["label"] == label for (_, a), (_, label) in zip(answers, files)) >= 16
+
+    # An hour of silence packs into a small FLAC: refused from its header, before any decoding.
+    hour = tmp_path / "hour.flac"
+    with sf.SoundFile(hour, "w", samplerate=8000, channels=1, format="FLAC") as out:
+        block = np.zeros(8000 * 60, dtype="int16")
+        for _ in range(60):
+            out.write(block)
+    assert hour.stat().st_size < 1_000_000
+    started = time.monotonic()
+    status, answer = post_file(server + "api/predict", "hour.flac", hour.read_bytes())
+    assert status == 400 and "over the 600 s limit" in answer["error"], answer
+    assert time.monotonic() - started < 10

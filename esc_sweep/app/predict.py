@@ -24,10 +24,22 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import torch
 
-from esc_sweep.data.audio import AUDIO_EXTENSIONS, is_audio_file, read_audio, resample, to_mono
+from esc_sweep.data.audio import (
+    AUDIO_EXTENSIONS,
+    DEFAULT_MAX_SECONDS,
+    is_audio_file,
+    iter_windows,
+    num_windows,
+    probe,
+    read_audio,
+    resample,
+    to_mono,
+)
 from esc_sweep.errors import EscSweepError
 
 FORMATS = ("table", "json", "csv")
+# Windowed decoding keeps memory bounded; the limit bounds time (an hour takes about a minute on 2 cores).
+PREDICT_MAX_SECONDS = 4 * 3600.0
 
 
 def decode_recording(path: str | os.PathLike, sample_rate: int) -> torch.Tensor:
@@ -58,22 +70,31 @@ def collect_files(inputs: Iterable[str]) -> list[Path]:
     return list(dict.fromkeys(files))  # a file named twice is predicted once
 
 
-def predict_one(bundle: Any, path: Path, top_k: int) -> dict[str, Any]:
-    """The record of one file: duration, number of windows, top-k labels with probabilities."""
-    waveform = decode_recording(path, bundle.sample_rate)
-    probabilities = bundle.predict(waveform)[0]
+def predict_one(bundle: Any, path: Path, top_k: int, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS
+                ) -> dict[str, Any]:
+    """The record of one file: duration, number of windows, top-k labels with probabilities.
+
+    The header is checked first (a regular file, a known duration within ``max_seconds``), then
+    the file is decoded window by window: memory stays bounded for recordings of any length.
+    """
+    info = probe(path, max_seconds=max_seconds)
+    total = None if info.frames is None else int(round(info.frames * bundle.sample_rate / info.sample_rate))
+    windows = iter_windows(path, bundle.sample_rate, bundle.clip_samples, max_seconds=max_seconds)
+    probabilities = bundle.predict_windows(windows, total_samples=total)
     top = bundle.top_k(probabilities, top_k)
+    seconds = info.seconds if info.seconds is not None else 0.0
     return {
         "file": str(path),
-        "seconds": round(waveform.shape[0] / bundle.sample_rate, 3),
-        "windows": max(1, -(-waveform.shape[0] // bundle.clip_samples)),
+        "seconds": round(seconds, 3),
+        "windows": max(1, num_windows(total, bundle.clip_samples)) if total else 1,
         "label": top[0][0],
         "probability": top[0][1],
         "top": [{"label": label, "probability": p} for label, p in top],
     }
 
 
-def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None) -> list[dict[str, Any]]:
+def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None,
+                  max_seconds: Optional[float] = PREDICT_MAX_SECONDS) -> list[dict[str, Any]]:
     """One record per file, in order; a file that cannot be read gets ``{"file", "error"}`` and the rest go on.
 
     ``on_record`` sees each record as soon as it exists (streamed output).
@@ -86,7 +107,7 @@ def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None) ->
         task = progress.add_task("predicting", total=len(files))
         for path in files:
             try:
-                record = predict_one(bundle, path, top_k)
+                record = predict_one(bundle, path, top_k, max_seconds)
             except EscSweepError as err:  # one unreadable file does not cost the others their predictions
                 record = {"file": str(path), "error": str(err)}
                 console.print(f"[yellow]skipped[/] {path}: {err}", markup=True, highlight=False)
@@ -218,6 +239,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5, help="labels per file (default 5)")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     parser.add_argument("--output", "-o", help="write to this file instead of the terminal")
+    parser.add_argument("--max-seconds", type=float, default=PREDICT_MAX_SECONDS,
+                        help=f"refuse recordings longer than this (default {PREDICT_MAX_SECONDS:g} s; "
+                             "read from the header, before decoding)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids (default: as training)")
     return parser.parse_args(argv)
@@ -243,7 +267,7 @@ def main(argv: list[str]) -> None:
 
         stream = stream_row
 
-    records = predict_files(bundle, files, args.top_k, on_record=stream)
+    records = predict_files(bundle, files, args.top_k, on_record=stream, max_seconds=args.max_seconds)
     if stream is None:
         write_output(bundle, records, args.format, args.output)
     failed = [r for r in records if "error" in r]

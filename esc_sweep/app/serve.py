@@ -27,12 +27,17 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+import torch
+
 from esc_sweep.errors import EscSweepError
 
 DEFAULT_MAX_UPLOAD_MB = 64.0
 MAX_DRAIN_BYTES = 256 * 1024 * 1024
 # The spectrogram on the page covers at most this many seconds (prediction uses the whole file).
 MAX_SPECTROGRAM_SECONDS = 30.0
+MAX_UPLOAD_SECONDS = 600.0  # from the file's header, checked before any decoding
+LISTEN_BACKLOG = 128  # connections waiting for accept(); the stdlib default of 5 reset 20 concurrent uploads
+READ_TIMEOUT_SECONDS = 30.0  # a client that stops sending is dropped instead of holding a thread
 TOP_K = 5
 
 
@@ -109,24 +114,36 @@ def _discard(stream: Any, length: int) -> None:
 
 def classify(bundle: Any, name: str, data: bytes, lock: threading.Lock) -> dict[str, Any]:
     """Top-k labels and a spectrogram PNG (base64) for an uploaded file's bytes."""
+    from esc_sweep.data.audio import iter_windows, probe
     from esc_sweep.figures.audio import figure_png, spectrogram_figure
-    from esc_sweep.app.predict import decode_recording
 
     suffix = Path(name).suffix.lower()[:16]  # soundfile recognises some formats only by extension
     with tempfile.TemporaryDirectory(prefix="esc_sweep-upload-") as tmp:
         path = Path(tmp) / f"upload{suffix}"
         path.write_bytes(data)
         try:
-            waveform = decode_recording(path, bundle.sample_rate)
+            # The header first: a 600 KB FLAC can claim an hour of audio. Then window by window.
+            info = probe(path, max_seconds=MAX_UPLOAD_SECONDS)
+            total = None if info.frames is None else int(round(info.frames * bundle.sample_rate / info.sample_rate))
+            shown_windows = max(1, int(MAX_SPECTROGRAM_SECONDS * bundle.sample_rate) // bundle.clip_samples)
+            kept: list = []
+
+            def windows():
+                for window in iter_windows(path, bundle.sample_rate, bundle.clip_samples,
+                                           max_seconds=MAX_UPLOAD_SECONDS):
+                    if len(kept) < shown_windows:
+                        kept.append(window)
+                    yield window
+
+            with lock:  # one inference at a time: the CPU threads are shared anyway
+                probabilities = bundle.predict_windows(windows(), total_samples=total)
+                shown = torch.cat(kept)[: total] if total else torch.cat(kept)
+                spectrogram = bundle.spectrogram(shown)[0, 0].cpu().numpy()
         except EscSweepError as err:
             # The message names the temporary file; the user knows it by its own name.
             raise UploadError(str(err).replace(str(path), name)) from None
-    with lock:  # one inference at a time: the CPU threads are shared anyway
-        probabilities = bundle.predict(waveform)[0]
-        shown = waveform[: int(MAX_SPECTROGRAM_SECONDS * bundle.sample_rate)]
-        spectrogram = bundle.spectrogram(shown)[0, 0].cpu().numpy()
     features = bundle.config["features"]
-    seconds = waveform.shape[0] / bundle.sample_rate
+    seconds = info.seconds if info.seconds is not None else shown.shape[0] / bundle.sample_rate
     title = f"{name}: log-{features['kind']} spectrogram"
     if seconds > MAX_SPECTROGRAM_SECONDS:
         title += f" (first {MAX_SPECTROGRAM_SECONDS:g} of {seconds:.0f} s)"
@@ -205,6 +222,7 @@ def render_page(bundle: Any, result: Optional[dict[str, Any]] = None, error: Opt
 
 class ClassifierServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], bundle: Any, max_upload_bytes: int):
         super().__init__(address, RequestHandler)
@@ -216,6 +234,7 @@ class ClassifierServer(ThreadingHTTPServer):
 class RequestHandler(BaseHTTPRequestHandler):
     server: ClassifierServer
     server_version = "esc_sweep"
+    timeout = READ_TIMEOUT_SECONDS  # socket timeout for every read: a stalled client cannot hold a thread
 
     def do_GET(self) -> None:
         path = urlsplit(self.path).path

@@ -88,6 +88,44 @@ class Bundle:
         weights = (real / real.sum()).reshape(1, num_windows, 1)
         return (per_window * weights).sum(1).float()
 
+    @torch.inference_mode()
+    def predict_windows(self, windows, total_samples: Optional[int] = None, batch_size: int = 64) -> torch.Tensor:
+        """Class probabilities [C] of a recording given as an iterable of clip-length windows [clip_samples].
+
+        Memory stays bounded by ``batch_size`` windows, however long the recording
+        (``esc_sweep.data.audio.iter_windows`` reads a file that way). The windows
+        are averaged as in :meth:`predict`: the last one, padded with zeros, weighs
+        as much real audio as it holds when ``total_samples`` is known.
+        """
+        clip = self.clip_samples
+        sums, weights, batch, count = None, 0.0, [], 0
+
+        def flush():
+            nonlocal sums
+            logits = self.model(self.spectrogram(torch.stack(batch))).float()
+            probabilities = torch.softmax(logits, dim=1).cpu().double()
+            real = []
+            for i in range(len(batch)):
+                index = count - len(batch) + i
+                left = clip if total_samples is None else min(clip, max(0, total_samples - index * clip))
+                real.append(left / clip)
+            real = torch.tensor(real, dtype=torch.float64)
+            part = (probabilities * real[:, None]).sum(0)
+            sums = part if sums is None else sums + part
+            batch.clear()
+            return float(real.sum())
+
+        for window in windows:
+            batch.append(torch.as_tensor(window, dtype=torch.float32))
+            count += 1
+            if len(batch) == batch_size:
+                weights += flush()
+        if batch:
+            weights += flush()
+        if sums is None:
+            raise BundleError("the recording has no samples")
+        return (sums / max(weights, 1e-12)).float()
+
     def top_k(self, probabilities: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:
         """The ``k`` most likely ``(class name, probability)`` of one probability row."""
         k = max(1, min(int(k), self.num_classes))
