@@ -103,3 +103,21 @@ def test_two_runs_started_together_get_their_own_output_folders(tmp_path):
     assert len(results) == 2 and results[0].parent != results[1].parent
     for path in results:
         assert json.loads(path.read_text())["folds"][0]["fold"] == 1
+
+
+def test_a_full_disk_while_writing_the_feature_cache_costs_speed_not_the_run(tmp_path):
+    """The file-size limit makes every large write fail as a full disk does; the run still finishes."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        import torch
+        from esc_sweep.features.cache import cached_features
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        values = cached_features(__import__("pathlib").Path({str(tmp_path)!r}), "k", lambda: torch.ones(100000))
+        print("OK", float(values.sum()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0 and "OK 100000.0" in out.stdout, out.stderr[-3000:]
+    assert "could not write the feature cache" in out.stderr and "Traceback" not in out.stderr
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob(".features-*"))

@@ -54,8 +54,10 @@ def cached_features(folder: Path, key: str, compute: Callable[[], torch.Tensor])
     try:
         _write(path, features)
         _keep_newest(folder, MAX_FILES, MAX_BYTES)
-    except OSError as exc:  # a full or read-only disk costs speed, not the run
-        log.warning("could not write the feature cache %s (%s)", path, exc)
+    except (OSError, RuntimeError) as exc:  # a full or read-only disk costs speed, not the run
+        # (torch.save reports a failed write as RuntimeError from its zip writer, not OSError)
+        log.warning("could not write the feature cache %s (%s); going on without it",
+                    path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
     return features
 
 
