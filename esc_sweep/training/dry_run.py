@@ -81,6 +81,8 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     fc, tc = cfg.features, cfg.trainer
     device = check_device(str(tc.device))
     num_classes = num_classes or expected_num_classes(cfg)
+    if cfg.dataset.classes is not None and len(cfg.dataset.classes) == 0:
+        raise ConfigError("dataset.classes=[] selects no class; set dataset.classes=null for all classes")
     if num_classes < 2:
         raise ConfigError(f"dataset.classes={list(cfg.dataset.classes or [])}: a classifier needs at least 2 classes")
 
