@@ -139,7 +139,15 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 disables
     ema_decay: float = 0.0  # 0 disables; evaluation then uses the EMA weights
-    # Stop a fold when val accuracy has not improved for this many epochs (0: off).
+    # How decisions (early stopping, the sweep objective) are made:
+    #   none      - fixed epochs; the test fold is only scored (no decision reads it)
+    #   inner     - a validation split carved from each outer fold's training folds (stratified,
+    #               grouped by source recording) decides; the test fold is only scored: honest
+    #   test_fold - the held-out fold itself decides (the usual ESC-50 practice): optimistic
+    validation: str = "none"
+    inner_fraction: float = 0.15  # share of the training clips held out for trainer.validation=inner
+    # Stop a fold when the deciding accuracy (inner or test fold) has not improved for this many
+    # epochs (0: off). Needs trainer.validation=inner or test_fold.
     early_stopping_patience: int = 0
     # Measure train accuracy (eval mode, no augmentation) every N epochs; the
     # last epoch is always measured.
@@ -217,6 +225,7 @@ _CHOICES = {
     "features.kind": ("mel", "mfcc", "stft"),
     "features.normalize": ("dataset", "instance", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
+    "trainer.validation": ("none", "inner", "test_fold"),
 }
 
 
@@ -320,6 +329,11 @@ def validate(cfg: Any) -> None:
     win = _get(cfg, "features.win_length")
     check(win is None or 0 < win <= _get(cfg, "features.n_fft"), "features.win_length", "must be in (0, n_fft]")
     check(bool(str(_get(cfg, "model.name")).strip()), "model.name", "must not be empty")
+    check(_get(cfg, "trainer.early_stopping_patience") == 0 or _get(cfg, "trainer.validation") != "none",
+          "trainer.early_stopping_patience",
+          "needs a split to decide on: set trainer.validation=inner (honest) or test_fold (optimistic)")
+    fraction = _get(cfg, "trainer.inner_fraction")
+    check(_finite(fraction) and 0 < fraction < 0.5, "trainer.inner_fraction", "must be in (0, 0.5)")
     # Parameters grow with width squared: 1024 is already ~400 M; larger is a typo, and allocating it hangs a machine.
     width = _get(cfg, "model.width")
     check(not _finite(width) or width <= 1024, "model.width", "must be <= 1024")

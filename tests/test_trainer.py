@@ -55,7 +55,8 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
 
 def test_early_stopping_stops_a_fold(tmp_path):
     # lr=1e-9 cannot improve val accuracy, so patience 2 stops after 3 epochs.
-    cv = _cv(tmp_path, "optimizer.lr=1e-9", "trainer.early_stopping_patience=2", "trainer.folds=[1]", "trainer.epochs=20")
+    cv = _cv(tmp_path, "optimizer.lr=1e-9", "trainer.validation=test_fold", "trainer.early_stopping_patience=2",
+             "trainer.folds=[1]", "trainer.epochs=20")
     assert cv.folds[0].epochs == 3
     assert "train_acc" in cv.folds[0].history[-1]
 
@@ -78,3 +79,32 @@ def test_training_options_learn(tmp_path, options):
 def test_timm_model_trains_one_epoch(tmp_path):
     cv = _cv(tmp_path, "model=resnet18", "trainer.folds=[1]", "trainer.epochs=1")
     assert 0 <= cv.folds[0].val_acc <= 1 and torch.isfinite(torch.tensor(cv.folds[0].train_loss))
+
+
+def test_inner_validation_decides_on_a_grouped_stratified_split_of_the_training_folds(tmp_path):
+    from esc_sweep.training.splits import inner_split
+
+    targets = torch.tensor([c for c in range(4) for _ in range(12)])
+    groups = [f"rec{i // 3}" for i in range(48)]  # 3 clips per recording, 4 recordings per class
+    train = torch.arange(48)
+    fit, select = inner_split(train, targets, groups, 0.25, seed=7)
+    assert sorted(fit.tolist() + select.tolist()) == list(range(48))
+    assert not {groups[i] for i in fit.tolist()} & {groups[i] for i in select.tolist()}, "a recording on both sides"
+    assert torch.bincount(targets[select], minlength=4).tolist() == [3, 3, 3, 3]  # one recording per class
+    assert torch.equal(inner_split(train, targets, groups, 0.25, seed=7)[1], select)  # deterministic
+
+    cv = _cv(tmp_path, "trainer.validation=inner", "trainer.early_stopping_patience=2", "trainer.folds=[1,2]",
+             "trainer.epochs=6")
+    assert all(f.inner_acc is not None for f in cv.folds)
+    assert all("inner_acc" in h for f in cv.folds for h in f.history)
+    summary = cv.summary()
+    assert cv.objective == summary["cv_inner_acc_mean"]  # a sweep maximises the inner score, not the test folds
+    assert cv.to_dict()["validation"] == "inner" and "only scored" in cv.to_dict()["selection"]
+
+
+def test_early_stopping_without_a_split_to_decide_on_is_refused(compose_cfg):
+    from esc_sweep.config import validate
+    from esc_sweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.early_stopping_patience.*trainer.validation=inner"):
+        validate(compose_cfg(["trainer.early_stopping_patience=3"]))

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from esc_sweep.errors import EscSweepError
-from esc_sweep.training.results import CVResult
+from esc_sweep.training.results import SELECTION_NOTES, CVResult
 
 
 def _pct(value: float) -> str:
@@ -18,20 +18,32 @@ def _pct(value: float) -> str:
 
 
 def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)") -> Table:
-    table = Table(title=title)
-    for column in ("fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"):
+    inner = cv.validation == "inner"
+    table = Table(title=title, caption=f"selection: {cv.validation} ({SELECTION_NOTES.get(cv.validation, '')})")
+    columns = ["fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"]
+    if inner:
+        columns.insert(2, "inner acc")
+    for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
+
+    def row(*cells, inner_cell="", **style):
+        cells = list(cells)
+        if inner:
+            cells.insert(2, inner_cell)
+        table.add_row(*cells, **style)
+
     for f in cv.folds:
-        table.add_row(
-            str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
+        row(str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
             f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
-        )
+            inner_cell=_pct(f.inner_acc) if f.inner_acc is not None else "-")
     s = cv.summary()
     table.add_section()
-    table.add_row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
-                  f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "", f"{cv.seconds:.0f}", style="bold")
-    table.add_row("± std", _pct(s["cv_val_acc_std"]), _pct(s["cv_train_acc_std"]), _pct(s["cv_gap_std"]),
-                  f"{s['cv_val_f1_std']:.3f}", f"{s['cv_val_loss_std']:.3f}", "", "")
+    row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
+        f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "", f"{cv.seconds:.0f}", style="bold",
+        inner_cell=_pct(s["cv_inner_acc_mean"]) if "cv_inner_acc_mean" in s else "")
+    row("± std", _pct(s["cv_val_acc_std"]), _pct(s["cv_train_acc_std"]), _pct(s["cv_gap_std"]),
+        f"{s['cv_val_f1_std']:.3f}", f"{s['cv_val_loss_std']:.3f}", "", "",
+        inner_cell=_pct(s["cv_inner_acc_std"]) if "cv_inner_acc_std" in s else "")
     return table
 
 

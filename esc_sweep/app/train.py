@@ -74,7 +74,7 @@ def _import_in_background(module: str) -> threading.Thread:
 
 
 def run(cfg: DictConfig) -> float:
-    """Validate, cross-validate, report. Returns mean validation accuracy."""
+    """Validate, dry-run, cross-validate, report. Returns the objective (``CVResult.objective``)."""
     # Building the first optimizer imports torch._dynamo (~1 s, for a decorator):
     # importing it now overlaps that with loading the data.
     warm_up = _import_in_background("torch._dynamo")
@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> float:
         final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=init)
     # Only now is the run complete: until here a crash or kill leaves every finished fold resumable.
     mark_cv_complete(cv, cfg)
-    return cv.mean_val_acc
+    # A sweep maximises this: the inner split's score with trainer.validation=inner (honest), else the test folds'.
+    return cv.objective
 
 
 def final_fit_and_save(cfg: DictConfig, cv, output_dir: Path, run_id: str | None = None, init=None) -> Path:

@@ -27,6 +27,7 @@ from esc_sweep.training.callbacks import Callback, CallbackList
 from esc_sweep.training.checkpoint import FoldCheckpoints, config_key
 from esc_sweep.training.loop import InitWeights, TrainingData, fit
 from esc_sweep.training.results import CVResult, FoldResult
+from esc_sweep.training.splits import inner_split
 
 
 def prepare(cfg: DictConfig, device: torch.device) -> tuple[ClipSet, Spectrograms, torch.Tensor]:
@@ -56,12 +57,17 @@ def run_fold(
     started = time.perf_counter()
     seed_everything(cfg.trainer.seed * 1000 + fold, cfg.trainer.deterministic, cfg.trainer.compile)
     folds = clips.folds.to(device)
+    train_index, select_index = torch.nonzero(folds != fold).squeeze(1), None
+    if cfg.trainer.validation == "inner":
+        train_index, select_index = inner_split(train_index, clips.targets, clips.groups,
+                                                cfg.trainer.inner_fraction, cfg.trainer.seed * 1000 + fold)
     data = TrainingData(
         spectrograms=spectrograms,
         targets=targets,
         num_classes=clips.num_classes,
-        train_index=torch.nonzero(folds != fold).squeeze(1),
+        train_index=train_index,
         val_index=torch.nonzero(folds == fold).squeeze(1),
+        select_index=select_index,
     )
     try:
         _, history, val = fit(cfg, data, device, fold, callbacks, init)
@@ -71,7 +77,9 @@ def run_fold(
             "Lower trainer.batch_size (or trainer.eval_batch_size), or use a smaller model."
         ) from err
     last = history[-1]
+    inner = [h["inner_acc"] for h in history if "inner_acc" in h]
     return FoldResult(
+        inner_acc=inner[-1] if inner else None,
         fold=fold,
         val_acc=val["acc"],
         val_loss=val["loss"],
@@ -128,7 +136,7 @@ def cross_validate(
             results.append(result)
             callbacks.on_fold_end(result, resumed)
         cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started,
-                      checkpoint_dir=checkpoints.directory)
+                      validation=cfg.trainer.validation, checkpoint_dir=checkpoints.directory)
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)

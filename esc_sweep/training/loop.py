@@ -37,7 +37,8 @@ class TrainingData:
     targets: torch.Tensor  # on the device
     num_classes: int
     train_index: torch.Tensor
-    val_index: torch.Tensor | None  # None when training on everything (final fit)
+    val_index: torch.Tensor | None  # the held-out (test) fold; None when training on everything (final fit)
+    select_index: torch.Tensor | None = None  # the inner validation split (trainer.validation=inner)
 
 
 @dataclass
@@ -205,6 +206,9 @@ def fit(
             train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
             record["train_acc"] = train_eval["acc"]
             record["train_eval_loss"] = train_eval["loss"]
+        if data.select_index is not None and len(data.select_index):
+            inner = evaluate(eval_model, data, data.select_index, cfg, device)
+            record.update(inner_loss=inner["loss"], inner_acc=inner["acc"])
         if data.val_index is not None:
             val = evaluate(eval_model, data, data.val_index, cfg, device)
             record.update(val_loss=val["loss"], val_acc=val["acc"], val_f1=val["f1"])
@@ -216,9 +220,12 @@ def fit(
         history.append(record)
         callbacks.on_epoch_end(fold, epoch + 1, record)
 
-        if tc.early_stopping_patience > 0 and val is not None:
-            if val["acc"] > best_val:
-                best_val, epochs_without_gain = val["acc"], 0
+        # Early stopping reads the split trainer.validation names: the inner split (honest) or the
+        # test fold (optimistic); validate() refuses patience with validation=none.
+        deciding = record.get("inner_acc") if tc.validation == "inner" else record.get("val_acc")
+        if tc.early_stopping_patience > 0 and deciding is not None:
+            if deciding > best_val:
+                best_val, epochs_without_gain = deciding, 0
             else:
                 epochs_without_gain += 1
                 if epochs_without_gain >= tc.early_stopping_patience:

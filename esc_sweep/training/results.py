@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -23,6 +23,7 @@ class FoldResult:
     seconds: float
     confusion: list[list[int]]  # rows: true class, columns: predicted
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+    inner_acc: Optional[float] = None  # accuracy on the inner validation split (trainer.validation=inner)
 
     @property
     def gap(self) -> float:
@@ -44,11 +45,20 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+# What each trainer.validation means, for every report that shows the numbers.
+SELECTION_NOTES = {
+    "none": "no selection: fixed epochs, the test folds are only scored",
+    "inner": "decisions on an inner split of the training folds; the test folds are only scored",
+    "test_fold": "decisions read the test folds: an optimistic estimate",
+}
+
+
 @dataclass
 class CVResult:
     folds: list[FoldResult]
     class_names: list[str]
     seconds: float = 0.0
+    validation: str = "none"  # trainer.validation: how decisions were made (SELECTION_NOTES)
     # Where the finished folds are kept; the caller marks the run complete there once its
     # results are safely written (not part of to_dict: a location, not a result).
     checkpoint_dir: Any = field(default=None, compare=False, repr=False)
@@ -63,6 +73,9 @@ class CVResult:
             mean, std = _mean_std([getattr(f, name) for f in self.folds])
             out[f"cv_{name}_mean"] = mean
             out[f"cv_{name}_std"] = std
+        inner = [f.inner_acc for f in self.folds]
+        if inner and all(v is not None for v in inner):
+            out["cv_inner_acc_mean"], out["cv_inner_acc_std"] = _mean_std(inner)
         pooled = torch.tensor(self.pooled_confusion)
         out["pooled_val_acc"] = metrics.accuracy(pooled)
         out["pooled_val_f1"] = metrics.macro_f1(pooled)
@@ -71,6 +84,12 @@ class CVResult:
     @property
     def mean_val_acc(self) -> float:
         return self.summary()["cv_val_acc_mean"]
+
+    @property
+    def objective(self) -> float:
+        """What a sweep maximises: the inner score with trainer.validation=inner, else the test folds' mean."""
+        summary = self.summary()
+        return summary.get("cv_inner_acc_mean", summary["cv_val_acc_mean"])
 
     def per_class_accuracy(self) -> dict[str, float]:
         return dict(zip(self.class_names, metrics.per_class_accuracy(torch.tensor(self.pooled_confusion))))
@@ -83,4 +102,6 @@ class CVResult:
             "pooled_confusion": self.pooled_confusion,
             "per_class_accuracy": self.per_class_accuracy(),
             "seconds": self.seconds,
+            "validation": self.validation,
+            "selection": SELECTION_NOTES.get(self.validation, self.validation),
         }
