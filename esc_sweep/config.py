@@ -103,6 +103,10 @@ class AugmentationConfig:
     time_mask_width: int = 0
     mixup_alpha: float = 0.0  # 0 disables mixup
     mixup_prob: float = 1.0
+    # Imitate lower sample rates: with this probability a clip loses the bins above a random
+    # cutoff within the top band_limit_max_fraction of the frequency axis (0: off).
+    band_limit_prob: float = 0.0
+    band_limit_max_fraction: float = 0.4
 
 
 @dataclass
@@ -288,6 +292,8 @@ def validate(cfg: Any) -> None:
         check(_finite(value) and value >= 0, key, "must be >= 0")
 
     unit_interval = [
+        "augmentation.band_limit_prob",
+        "augmentation.band_limit_max_fraction",
         "model.dropout",
         "augmentation.time_shift",
         "augmentation.mixup_prob",

@@ -90,3 +90,19 @@ def test_crop_seconds_are_converted_to_frames_and_run_first():
     assert isinstance(augment.steps[0], RandomCrop) and augment.steps[0].frames == 125
     x, y = augment(torch.randn(8, 1, 64, 251), torch.eye(4)[torch.randint(0, 4, (8,))])
     assert x.shape == (8, 1, 64, 125) and y.shape == (8, 4)
+
+
+def test_band_limit_floors_the_top_bins_of_some_clips_only():
+    from esc_sweep.features.augment import RandomBandLimit
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 1, 64, 20)
+    y = RandomBandLimit(prob=0.5, max_fraction=0.4)(x)
+    changed = (y != x).flatten(1).any(1)
+    assert 0.3 < changed.float().mean() < 0.7  # about half the clips
+    for clip_x, clip_y in zip(x[changed], y[changed]):
+        rows = (clip_y != clip_x).any(-1).flatten()
+        cut = int(rows.nonzero()[0])
+        assert rows[cut:].all() and not rows[:cut].any() and cut >= 64 - int(0.4 * 64)  # only a top band
+        assert torch.all(clip_y[0, cut:] == clip_x.min())
+    assert torch.equal(RandomBandLimit(prob=0.0, max_fraction=0.4)(x), x)

@@ -60,6 +60,28 @@ class RandomTimeShift(nn.Module):
         return torch.gather(x, -1, index.expand_as(x))
 
 
+class RandomBandLimit(nn.Module):
+    """Imitate a recording made at a lower sample rate (or through a narrow-band codec).
+
+    With probability ``prob`` a clip loses everything above a random cutoff in the top
+    ``max_fraction`` of its frequency axis: those bins take the clip's floor (its minimum),
+    as an 8 kHz recording resampled to 16 kHz has nothing above 4 kHz.
+    """
+
+    def __init__(self, prob: float, max_fraction: float):
+        super().__init__()
+        self.prob, self.max_fraction = prob, max_fraction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, bins = x.shape[0], x.shape[-2]
+        removed = (torch.rand(batch, device=x.device) * self.max_fraction * bins).long()
+        removed = torch.where(torch.rand(batch, device=x.device) < self.prob, removed, torch.zeros_like(removed))
+        cutoff = (bins - removed).view(batch, 1, 1, 1)
+        above = torch.arange(bins, device=x.device).view(1, 1, bins, 1) >= cutoff
+        floor = x.amin(dim=(1, 2, 3), keepdim=True)
+        return torch.where(above, floor, x)
+
+
 class Masking(nn.Module):
     """SpecAugment-style masks along one axis (-2: frequency, -1: time).
 
@@ -133,6 +155,8 @@ class Augment(nn.Module):
             steps.append(RandomCrop(max(1, round(cfg.crop_seconds * frames_per_second))))
         if cfg.gain_db > 0:
             steps.append(RandomGain(cfg.gain_db))
+        if cfg.band_limit_prob > 0 and cfg.band_limit_max_fraction > 0:
+            steps.append(RandomBandLimit(cfg.band_limit_prob, cfg.band_limit_max_fraction))
         if cfg.time_shift > 0:
             steps.append(RandomTimeShift(cfg.time_shift))
         if cfg.freq_masks > 0 and cfg.freq_mask_width > 0:
