@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "esc_sweep"
+PACKAGE = Path(__file__).resolve().parents[2] / "esc_sweep"
 
 # Lower rank = closer to the foundation. A module may import its own rank or lower.
 RANKS = {
