@@ -109,7 +109,7 @@ def _keep_tracking_uri_unchanged():
 # Tests whose module starts no process (no CLI run, no server, no subprocess):
 # the fast in-process subset, `pytest -m fast`. Decided from the module's source,
 # so a new test lands in the right subset without anyone remembering a marker.
-_SPAWNS = ("run_cli(", "subprocess", "Popen", "trained_synthetic_run", "multiprocessing")
+_SPAWNS = ("run_cli(", "interrupt_cli(", "subprocess", "Popen", "trained_synthetic_run", "multiprocessing")
 
 
 def pytest_collection_modifyitems(config, items):

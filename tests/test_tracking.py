@@ -36,6 +36,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
 
 
+# For the tests that interrupt a fold part-way: more work per epoch, so that on a loaded machine
+# (MLflow's records lag behind training) the interrupt still lands inside the fold it waited for.
+SLOWER = ("dataset.clips_per_class=40", "dataset.clip_seconds=1.0")
+
+
 def _cli(tmp: Path, *extra: str, folds: int = 3) -> list[str]:
     fold_args = [f"dataset.num_folds={folds}", f"trainer.folds=[{','.join(map(str, range(1, folds + 1)))}]"]
     return FAST_SYNTHETIC + fold_args + [f"trainer.checkpoint_dir={tmp / 'checkpoints'}", *extra]
@@ -248,6 +253,61 @@ def test_cv_run_has_parent_with_three_fold_children_curves_and_figures(store, re
     tags = parent.data.tags
     assert (tags["model"], tags["features"], tags["augmentation"], tags["dataset"]) == (
         "baseline_cnn", "mel", "none", "synthetic")
+    # What a comparison needs: data copy, classes, folds, selection protocol, recipe, comparability key.
+    assert tags["esc_sweep.dataset_fingerprint"] == params["dataset_fingerprint"]
+    assert tags["esc_sweep.num_classes"] == "5" and tags["esc_sweep.classes"] == ",".join(results["class_names"])
+    assert tags["esc_sweep.folds"] == "1,2,3" and tags["esc_sweep.num_folds"] == "3"
+    assert tags["esc_sweep.selection"] == "none" and tags["esc_sweep.recipe"] == "none"
+    assert len(tags["esc_sweep.compare_key"]) == 12
+    assert parent.info.run_name == "baseline_cnn · mel · synthetic · 3 folds"
+    assert {c.data.tags["esc_sweep.compare_key"] for c in children.values()} == {tags["esc_sweep.compare_key"]}
+    # Per-fold values on the CV run, step = fold number, beside their mean.
+    for key in ("val_acc", "train_acc", "gap", "val_f1"):
+        points = _steps(client, parent.info.run_id, key)
+        assert [step for step, _ in points] == [1, 2, 3], key
+        assert [v for _, v in points] == pytest.approx([f[key] for f in results["folds"]], rel=1e-6, abs=1e-9), key
+    # Logged rounded for display (7 significant digits).
+    assert all(v == float(f"{v:.7g}") for v in parent.data.metrics.values())
+    # A readable 50-class view and the most confused pairs.
+    assert {"figures/confusion_pooled.html", "most_confused_pairs.json", "most_confused_pairs.md"} <= set(files)
+    page = Path(client.download_artifacts(parent.info.run_id, "figures/confusion_pooled.html", str(tmp_path)))
+    assert page.read_text().count("<td ") == 25 and 'title="true class_0, predicted class_0' in page.read_text()
+    pairs = json.loads(Path(client.download_artifacts(parent.info.run_id, "most_confused_pairs.json",
+                                                      str(tmp_path))).read_text())
+    pooled = np.array(results["pooled_confusion"])
+    off_diagonal = sorted((pooled - np.diag(np.diag(pooled))).ravel().tolist(), reverse=True)
+    assert [p["count"] for p in pairs["pairs"]] == [c for c in off_diagonal if c][:20]
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+
+
+def test_runs_command_lists_the_run_from_the_default_store(default_store_run):
+    cwd, uri = default_store_run
+    (parent,) = _cv_runs(MlflowClient(uri))
+    out = run_cli(["runs"], cwd=cwd, env={"MLFLOW_TRACKING_URI": None}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = [line for line in out.stdout.splitlines() if parent.info.run_id[:8] in line]
+    mean, std = parent.data.metrics["cv_val_acc_mean"], parent.data.metrics["cv_val_acc_std"]
+    assert "│ 1 │ baseline_cnn │ mel" in row and f"{mean:.1%} ± {std:.1%}" in row and "1,2,3 (3)" in row
+    assert f"key {parent.data.tags['esc_sweep.compare_key']}" in out.stdout
+
+
+def test_readme_snippet_ranks_the_runs_comparable_with_the_latest(default_store_run):
+    """The README's Python snippet, as it stands, run in the training folder."""
+    cwd, uri = default_store_run
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Tracking with MLflow"):]
+    section = section[: section.index("\n## ", 1)]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "esc_sweep.compare_key" in code
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=clean_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (parent,) = _cv_runs(MlflowClient(uri))
+    (header, row) = out.stdout.strip().splitlines()
+    assert header.split()[:4] == ["tags.model", "tags.features", "tags.esc_sweep.folds", "tags.esc_sweep.selection"]
+    assert row.split()[:4] == ["baseline_cnn", "mel", "1,2,3", "none"]
+    assert float(row.split()[5]) == pytest.approx(parent.data.metrics["cv_val_acc_mean"], abs=1e-6)
 
 
 def test_default_store_lives_under_mlruns_with_weights(default_store_run, tmp_path):
@@ -348,7 +408,7 @@ def _interrupt(proc: subprocess.Popen, cwd: Path) -> None:
 
 
 def test_ctrl_c_marks_parent_and_fold_run_killed(tmp_path):
-    proc = _start_cli(_cli(tmp_path, "trainer.epochs=50"), tmp_path)
+    proc = _start_cli(_cli(tmp_path, "trainer.epochs=50", *SLOWER), tmp_path)
     parent_id = _wait_for(lambda: _parent_id_from_state(tmp_path), proc, tmp_path, what="the parent run")
     client = MlflowClient(_sqlite_uri(tmp_path))
     _wait_for(lambda: _fold_run_with_epochs(client, parent_id, 1), proc, tmp_path, what="fold 1's first epoch")
@@ -381,7 +441,7 @@ def test_training_error_marks_runs_failed(tmp_path):
 
 
 def test_resumed_run_continues_the_same_parent_without_duplicate_folds(tmp_path):
-    args = _cli(tmp_path, "trainer.epochs=6", folds=2)
+    args = _cli(tmp_path, "trainer.epochs=6", *SLOWER, folds=2)
     proc = _start_cli(args, tmp_path)
     parent_id = _wait_for(lambda: _parent_id_from_state(tmp_path), proc, tmp_path, what="the parent run")
     client = MlflowClient(_sqlite_uri(tmp_path))
@@ -409,7 +469,7 @@ def test_resumed_run_continues_the_same_parent_without_duplicate_folds(tmp_path)
 
 
 def test_fold_trained_without_tracking_is_logged_from_its_checkpoint(tmp_path):
-    args = _cli(tmp_path, "trainer.epochs=6", folds=2)
+    args = _cli(tmp_path, "trainer.epochs=6", *SLOWER, folds=2)
     proc = _start_cli(args + ["tracking.enabled=false"], tmp_path)
     checkpoint = _wait_for(lambda: next((tmp_path / "checkpoints").glob("*/fold_1.json"), None), proc, tmp_path,
                            what="fold 1's checkpoint")

@@ -9,10 +9,16 @@ works in worker threads and on headless machines. Save one with
     from esc_sweep.figures.results import confusion_matrix_figure
     fig = confusion_matrix_figure(cv.pooled_confusion, cv.class_names, "pooled")
     fig.savefig("confusion.png")
+
+Beside the figures, two plain-text views of a confusion matrix (no new
+dependency): ``confusion_matrix_html`` (a self-contained HTML table whose cells
+name their classes on hover) and ``most_confused_pairs`` (the largest
+off-diagonal cells, with ``most_confused_pairs_markdown`` as a table).
 """
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Mapping, Sequence
 
@@ -23,6 +29,12 @@ from matplotlib.ticker import MaxNLocator
 
 TRAIN_COLOR = "tab:blue"
 VAL_COLOR = "tab:orange"
+# Printed under every learning-curve figure: the two train curves measure different things.
+LEARNING_CURVE_CAPTION = (
+    "train loss: mean over the epoch's augmented training batches (what was optimised); "
+    "train accuracy: the training clips re-evaluated clean (eval mode, no augmentation), "
+    "so it compares with validation accuracy"
+)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -38,6 +50,14 @@ def normalize_rows(confusion) -> np.ndarray:
     return np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
 
 
+def _counts(confusion, class_names: Sequence[str]) -> np.ndarray:
+    counts = np.asarray(confusion.tolist() if hasattr(confusion, "tolist") else confusion, dtype=float)
+    n = len(class_names)
+    if counts.shape != (n, n):
+        raise ValueError(f"confusion is {counts.shape}, expected ({n}, {n})")
+    return counts
+
+
 def confusion_matrix_figure(
     confusion, class_names: Sequence[str], title: str = "Confusion matrix", normalize: bool = True
 ) -> Figure:
@@ -46,37 +66,127 @@ def confusion_matrix_figure(
     ``confusion`` is a square matrix of counts (nested lists, numpy array or
     tensor). With ``normalize`` each row is divided by its total, so the
     diagonal reads as per-class recall whatever the class sizes. The figure
-    grows with the number of classes so 50 class names stay readable; cells
-    are annotated with their value up to 20 classes.
+    grows with the number of classes so 50 class names stay readable (0.36 in,
+    36 px at the logged 100 dpi, per class); cells are annotated with their
+    value up to 20 classes, and above that every non-empty cell with its clip
+    count, on a thin grid, so a 50-class matrix shows where the mistakes are.
     """
-    counts = np.asarray(confusion.tolist() if hasattr(confusion, "tolist") else confusion, dtype=float)
+    counts = _counts(confusion, class_names)
     n = counts.shape[0]
-    if counts.shape != (n, n) or len(class_names) != n:
-        raise ValueError(f"confusion is {counts.shape}, expected ({len(class_names)}, {len(class_names)})")
     values = normalize_rows(counts) if normalize else counts
     accuracy = np.trace(counts) / max(counts.sum(), 1)
 
-    size = max(5.0, 0.3 * n + 2.5)
+    size = max(5.0, 0.36 * n + 3.0)
     fig = _new_figure(size + 1.0, size)
     ax = fig.add_subplot()
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalize else None, interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "clips")
 
-    fontsize = 10 if n <= 10 else 8 if n <= 25 else 7
+    fontsize = 10 if n <= 10 else 9 if n <= 25 else 8
     ax.set_xticks(range(n), labels=list(class_names), rotation=90, fontsize=fontsize)
     ax.set_yticks(range(n), labels=list(class_names), fontsize=fontsize)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(f"{title} (accuracy {accuracy:.1%})")
+    threshold = values.max() / 2 if values.size else 0
     if n <= 20:
-        threshold = values.max() / 2 if values.size else 0
         for (row, col), value in np.ndenumerate(values):
             if counts[row, col] == 0:
                 continue
             text = f"{value:.2f}" if normalize else f"{int(value)}"
             ax.text(col, row, text, ha="center", va="center", fontsize=fontsize - 1,
                     color="white" if value > threshold else "black")
+    else:
+        # Cell borders and the clip count of every non-empty cell: one stray prediction stays visible.
+        ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
+        ax.grid(which="minor", color="0.85", linewidth=0.4)
+        ax.tick_params(which="minor", length=0)
+        for (row, col), count in np.ndenumerate(counts):
+            if count:
+                ax.text(col, row, f"{int(count)}", ha="center", va="center", fontsize=6,
+                        color="white" if values[row, col] > threshold else "black")
     return fig
+
+
+def confusion_matrix_html(confusion, class_names: Sequence[str], title: str = "Confusion matrix") -> str:
+    """A self-contained HTML page with the confusion matrix as a table (no script, no external file).
+
+    Rows are true classes, columns predictions; each cell shows its clip count,
+    is shaded by the fraction of its true class, and names both classes on
+    hover (``title``), so a 50-class matrix can be read cell by cell in a browser
+    or in the MLflow artifact viewer. Row headers carry the class's accuracy.
+    """
+    counts = _counts(confusion, class_names)
+    fractions = normalize_rows(counts)
+    totals = counts.sum(axis=1)
+    accuracy = np.trace(counts) / max(counts.sum(), 1)
+    esc = [html.escape(str(name)) for name in class_names]
+    rows = []
+    header = "".join(f'<th class="col" title="predicted {name}"><div>{name}</div></th>' for name in esc)
+    rows.append(f'<tr><th class="corner">true \\ predicted</th>{header}</tr>')
+    for i, name in enumerate(esc):
+        cells = []
+        for j in range(len(esc)):
+            count, share = int(counts[i, j]), fractions[i, j]
+            tip = f"true {esc[i]}, predicted {esc[j]}: {count} of {int(totals[i])} clips ({share:.1%})"
+            shade = f"rgba(31,119,180,{share:.3f})"
+            style = f"background:{shade};" + ("color:white;" if share > 0.5 else "")
+            kind = "diag" if i == j else ("miss" if count else "zero")
+            cells.append(f'<td class="{kind}" style="{style}" title="{tip}">{count or ""}</td>')
+        recall = fractions[i, i]
+        rows.append(f'<tr><th class="row" title="{name}: {recall:.1%} of {int(totals[i])} clips right">'
+                    f'{name} <span>{recall:.0%}</span></th>{"".join(cells)}</tr>')
+    heading = html.escape(f"{title} (accuracy {accuracy:.1%}, {int(counts.sum())} clips)")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{heading}</title>
+<style>
+body {{ font-family: sans-serif; font-size: 12px; margin: 1em; }}
+table {{ border-collapse: collapse; }}
+td, th {{ border: 1px solid #ddd; padding: 0; }}
+td {{ width: 22px; height: 22px; min-width: 22px; text-align: center; font-size: 11px; }}
+td.diag {{ outline: 1px solid #555; outline-offset: -1px; font-weight: bold; }}
+td:hover, th:hover {{ outline: 2px solid #d62728; outline-offset: -2px; }}
+th.row {{ text-align: right; padding: 0 6px; white-space: nowrap; font-weight: normal; }}
+th.row span {{ color: #666; }}
+th.col {{ height: 130px; vertical-align: bottom; font-weight: normal; }}
+th.col div {{ writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; padding: 4px 0; }}
+</style></head>
+<body><h3>{heading}</h3>
+<p>Rows: true class (its accuracy after the name); columns: predicted class. Cells: clips, shaded by
+the fraction of the true class; hover a cell for its classes and share.</p>
+<table>
+{chr(10).join(rows)}
+</table></body></html>
+"""
+
+
+def most_confused_pairs(confusion, class_names: Sequence[str], top: int = 20) -> list[dict]:
+    """The ``top`` largest off-diagonal cells: which true class was taken for which, how often.
+
+    Each pair is ``{"true": ..., "predicted": ..., "count": clips, "share_of_true":
+    count / clips of the true class}``, most clips first (ties: larger share,
+    then names). Empty cells are left out, so there may be fewer than ``top``.
+    """
+    counts = _counts(confusion, class_names)
+    totals = counts.sum(axis=1)
+    pairs = [
+        {"true": str(class_names[i]), "predicted": str(class_names[j]), "count": int(counts[i, j]),
+         "share_of_true": float(counts[i, j] / totals[i]) if totals[i] else 0.0}
+        for (i, j), count in np.ndenumerate(counts) if i != j and count > 0
+    ]
+    pairs.sort(key=lambda p: (-p["count"], -p["share_of_true"], p["true"], p["predicted"]))
+    return pairs[:top]
+
+
+def most_confused_pairs_markdown(pairs: Sequence[Mapping]) -> str:
+    """``most_confused_pairs`` as a Markdown table (readable as plain text too)."""
+    lines = ["| # | true class | predicted as | clips | share of true class |", "|---|---|---|---|---|"]
+    lines += [f"| {rank} | {p['true']} | {p['predicted']} | {p['count']} | {p['share_of_true']:.1%} |"
+              for rank, p in enumerate(pairs, 1)]
+    if not pairs:
+        lines.append("| - | (no confusions) | | | |")
+    return "\n".join(lines) + "\n"
 
 
 def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +215,11 @@ def learning_curve_figure(history_per_fold: Mapping[int, Sequence[Mapping[str, f
     ``history_per_fold`` maps a fold number to its per-epoch records
     (``FoldResult.history``: dicts with epoch, train_acc, val_acc, train_loss,
     val_loss, ...). With one fold its curves are drawn; with several, each
-    fold is drawn faintly and the mean over folds boldly. The area between the
-    train and validation accuracy (the gap) is shaded.
+    fold is drawn faintly and the mean over folds boldly. Train and
+    validation accuracy share the left chart, the area between them (the gap)
+    shaded; the losses share the right one. The caption under the charts
+    (``LEARNING_CURVE_CAPTION``) says what the train curves measure: the loss
+    on augmented batches, the accuracy on clean training clips.
     """
     folds = sorted(history_per_fold)
     histories = [history_per_fold[f] for f in folds]
@@ -147,6 +260,7 @@ def learning_curve_figure(history_per_fold: Mapping[int, Sequence[Mapping[str, f
         ax.legend(fontsize=8)
     label = f"fold {folds[0]}" if len(folds) == 1 else f"{len(folds)} folds ({', '.join(map(str, folds))})"
     fig.suptitle(f"Learning curves, {label}")
+    fig.supxlabel(LEARNING_CURVE_CAPTION, fontsize=8, color="0.35", wrap=True)
     return fig
 
 

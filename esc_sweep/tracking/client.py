@@ -30,6 +30,10 @@ FOLD_TAG = "fold"
 ERROR_TAG = "esc_sweep.error"
 # Key in the fold-checkpoint state under which the CV run id survives an interruption.
 STATE_KEY = "mlflow_parent_run_id"
+# MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds model training
+# (values from MLflow's UI: genai_development | custom_model_development).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # Config groups tagged with the option chosen for them (cfg fallback when Hydra is not running).
 _GROUP_FALLBACKS = {
@@ -74,10 +78,12 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created (tagged as a model-training experiment) when it does not exist."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=artifact_location)
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:
             # Another process (a parallel sweep trial) created it in the meantime.
             experiment = client.get_experiment_by_name(name)
@@ -88,6 +94,9 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
             f"MLflow experiment {name!r} was deleted. Restore it (mlflow experiments restore "
             f"--experiment-id {experiment.experiment_id}) or set tracking.experiment_name to another name."
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        # Made by an earlier esc_sweep (or by hand) without the tag: it opens on the runs table from now on.
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -107,9 +116,18 @@ def _log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> Non
         client.log_batch(run_id, tags=items[start : start + _MAX_BATCH])
 
 
+def display_value(value: float) -> float:
+    """``value`` rounded to 7 significant digits, so the UI shows 0.7333333, not 0.7333333333333333.
+
+    Significant digits, not decimals: learning rates such as 3e-07 keep their value, and
+    every metric stays within 5e-7 (relative) of the exact one.
+    """
+    return float(f"{float(value):.7g}")
+
+
 def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
     now = _now_ms()
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+    metrics = [Metric(k, display_value(v), now, step) for k, v in values.items()]
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 

@@ -8,11 +8,18 @@ Run layout in the experiment ``tracking.experiment_name``::
 
 The CV run holds the resolved config (params and config.yaml), the run's
 environment (device, library versions, dataset fingerprint, git commit), the
-aggregates over folds (``cv_val_acc_mean``, ...), the pooled confusion matrix,
-a per-class accuracy table and the learning curves of all folds. A fold run
-holds per-epoch curves (``step`` = epoch), the fold's final values, its
-confusion matrix, learning curve, ``results.json`` and, with
-``tracking.log_models=true``, the trained weights.
+aggregates over folds (``cv_val_acc_mean``, ...) and the same values per fold
+(``val_acc`` etc. with ``step`` = fold number), the pooled confusion matrix
+(PNG and HTML), the most confused class pairs, a per-class accuracy table and
+the learning curves of all folds. A fold run holds per-epoch curves (``step``
+= epoch), the fold's final values, its confusion matrix, learning curve,
+``results.json`` and, with ``tracking.log_models=true``, the trained weights.
+
+Both carry the labels of ``esc_sweep.tracking.labels`` (the real model name,
+the dataset and its fingerprint, classes, folds, selection protocol, recipe
+and the comparability key ``esc_sweep.compare_key``); the CV run is named from
+them (``resnet18 · mel · esc50 · 5 folds``). Metric values are logged rounded
+to 7 significant digits (``client.display_value``).
 
 The default store is a SQLite database in ``<cwd>/mlruns/mlflow.db`` with
 artifacts in ``<cwd>/mlruns/artifacts``; ``tracking.uri`` or
@@ -62,10 +69,18 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     _log_figure,
     _log_metrics,
     _log_params,
+    _log_tags,
     _now_ms,
     _source_tags,
+    display_value,
     git_commit,
 )
+from esc_sweep.tracking.labels import run_labels, run_name
+
+# Per-fold values the CV run logs with step = fold number, beside their means (cv_<key>_mean).
+# inner_acc: only with trainer.validation=inner.
+PER_FOLD_KEYS = ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss", "inner_acc")
+TOP_CONFUSED_PAIRS = 20
 # --------------------------------------------------------------------------
 # Params and tags
 
@@ -88,7 +103,11 @@ def flatten_config(cfg: Any) -> dict[str, str]:
 
 
 def group_choices(cfg: Any) -> dict[str, str]:
-    """The option chosen for each config group, e.g. {"model": "resnet18", "features": "mel", ...}."""
+    """The option chosen for each config group, e.g. {"model": "resnet18", "features": "mel", ...}.
+
+    Hydra's choices: ``model=resnet18 model.name=efficientnet_b2`` gives "resnet18" here. Run tags
+    use the values that were trained instead (``esc_sweep.tracking.labels.run_labels``).
+    """
     choices = {group: str(OmegaConf.select(cfg, key)) for group, key in _GROUP_FALLBACKS.items()}
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -169,6 +188,7 @@ class MlflowTracker(Callback):
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._parent_open = False
+        self._resumed = False
         self._parent_params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._class_names: list[str] = []
@@ -198,8 +218,9 @@ class MlflowTracker(Callback):
         self.experiment_id = _experiment_id(
             self.client, cfg.tracking.experiment_name, _default_artifact_location(self.tracking_uri)
         )
-        self._class_names = list(context["clips"].class_names)
-        self._tags = group_choices(cfg)
+        clips = context["clips"]
+        self._class_names = list(clips.class_names)
+        self._tags = run_labels(cfg, self._class_names, clips.fingerprint)
         checkpoints = context.get("checkpoints")
 
         environment = _environment_params(context)
@@ -207,8 +228,12 @@ class MlflowTracker(Callback):
         if run is not None:
             self.parent_run_id = run.info.run_id
             self._parent_params = dict(run.data.params)
-            self.client.update_run(self.parent_run_id, status="RUNNING")
+            self._resumed = True
+            # Named anew: the folds (and so the name) may differ from the interrupted attempt's.
+            self.client.update_run(self.parent_run_id, status="RUNNING",
+                                   name=cfg.tracking.run_name or run_name(self._tags, cfg.sweep.trial_number))
             self.client.set_tag(self.parent_run_id, "esc_sweep.resumed", "true")
+            _log_tags(self.client, self.parent_run_id, self._tags)  # a run from an older esc_sweep gets them too
             for child in self._children(self.parent_run_id):
                 fold = child.data.tags.get(FOLD_TAG)
                 if fold and fold.isdigit():
@@ -237,11 +262,7 @@ class MlflowTracker(Callback):
             tags["esc_sweep.overrides"] = overrides
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        name = cfg.tracking.run_name
-        if not name:
-            name = f"{self._tags['model']}-{self._tags['features']}-{self._tags['augmentation']}"
-            if cfg.sweep.trial_number is not None:
-                name = f"trial-{cfg.sweep.trial_number}-{name}"
+        name = cfg.tracking.run_name or run_name(self._tags, cfg.sweep.trial_number)
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         return run.info.run_id
 
@@ -341,7 +362,7 @@ class MlflowTracker(Callback):
         logged = self._logged.setdefault(fold, set())
         now = _now_ms()
         missing = [
-            Metric(key, value, now, int(record["epoch"]))
+            Metric(key, display_value(value), now, int(record["epoch"]))
             for record in history
             for key, value in _numeric(record).items()
             if (key, int(record["epoch"])) not in logged
@@ -403,6 +424,7 @@ class MlflowTracker(Callback):
         summary = {k: v for k, v in result.summary().items() if v is not None}
         per_fold = {f"fold_{f.fold}_val_acc": f.val_acc for f in result.folds}
         _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
+        self._log_per_fold_series(result)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
 
         from esc_sweep.figures import results as figures
@@ -411,6 +433,12 @@ class MlflowTracker(Callback):
         _log_figure(self.client, run_id,
                     figures.confusion_matrix_figure(result.pooled_confusion, names, "all folds (pooled)"),
                     "figures/confusion_pooled.png")
+        self.client.log_text(run_id, figures.confusion_matrix_html(result.pooled_confusion, names,
+                                                                   "all folds (pooled)"),
+                             "figures/confusion_pooled.html")
+        pairs = figures.most_confused_pairs(result.pooled_confusion, names, top=TOP_CONFUSED_PAIRS)
+        self.client.log_dict(run_id, {"top": TOP_CONFUSED_PAIRS, "pairs": pairs}, "most_confused_pairs.json")
+        self.client.log_text(run_id, figures.most_confused_pairs_markdown(pairs), "most_confused_pairs.md")
         per_class = result.per_class_accuracy()
         _log_figure(self.client, run_id, figures.per_class_accuracy_figure(per_class), "figures/per_class_accuracy.png")
         pooled = result.pooled_confusion
@@ -425,6 +453,22 @@ class MlflowTracker(Callback):
             _log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
         self.client.set_terminated(run_id, "FINISHED")
         self._parent_open = False
+
+    def _log_per_fold_series(self, result: CVResult) -> None:
+        """``val_acc`` etc. of each fold at step = fold number: on the CV run's charts they line up with the mean."""
+        now = _now_ms()
+        points = [
+            Metric(key, display_value(value), now, fold.fold)
+            for fold in result.folds
+            for key in PER_FOLD_KEYS
+            if (value := getattr(fold, key, None)) is not None
+        ]
+        if self._resumed:  # a reopened run may hold some of these points already
+            logged = {(key, m.step) for key in PER_FOLD_KEYS
+                      for m in self.client.get_metric_history(self.parent_run_id, key)}
+            points = [m for m in points if (m.key, m.step) not in logged]
+        if points:
+            self.client.log_batch(self.parent_run_id, metrics=points)
 
     # ---- failures
 

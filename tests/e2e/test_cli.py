@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import FAST_SYNTHETIC, REPO, run_cli
+from tests.conftest import FAST_SYNTHETIC, run_cli
+from tests.e2e.conftest import interrupt_cli
 
 FIVE_CLASSES = "dataset.classes=[dog,rooster,rain,crying_baby,clock_tick]"
 
@@ -77,38 +74,14 @@ def test_real_esc50_end_to_end(tmp_path, esc50_root):
     assert len(fold["history"]) == 2
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, "run ended before it could be killed"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def test_kill_and_resume_skips_finished_folds_and_matches_an_uninterrupted_run(tmp_path):
     args = FAST_SYNTHETIC + ["tracking.enabled=false", "dataset.clip_seconds=1.0", "model.width=16",
                              "trainer.epochs=10", f"trainer.checkpoint_dir={tmp_path}/ck"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed_cwd = tmp_path / "killed"
     killed_cwd.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=killed_cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(next_fold := (tmp_path / "ck"), proc, 120)
-        ck_dirs = lambda: list((tmp_path / "ck").glob("*/fold_2.json"))  # noqa: E731
-        deadline = time.time() + 300
-        while not ck_dirs():
-            assert proc.poll() is None, "run finished before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    checkpoint = ck_dirs()[0].parent
-    assert not (checkpoint / "fold_5.json").exists()
-    del next_fold
+    killed = interrupt_cli(args, killed_cwd, signal.SIGKILL, checkpoint_root=tmp_path / "ck", after_fold=2)
+    assert killed.returncode == -signal.SIGKILL and killed.checkpoint is not None
+    assert not (killed.checkpoint / "fold_5.json").exists()
 
     resumed = run_cli(args, cwd=killed_cwd)
     assert resumed.returncode == 0, resumed.stderr

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.training.cv import cross_validate
 from tests.conftest import FAST_SYNTHETIC, REPO, compose_config, run_cli
+from tests.e2e.conftest import interrupt_cli
 
 QUICK = FAST_SYNTHETIC + ["trainer.epochs=2", "tracking.enabled=false"]
 
@@ -72,21 +71,8 @@ def test_results_that_cannot_be_written_keep_every_fold_resumable(tmp_path):
 def test_kill_during_the_final_fit_keeps_the_cross_validation(tmp_path):
     args = QUICK + ["trainer.folds=[1,2]", "trainer.final_fit=true", "trainer.epochs=30",
                     f"trainer.checkpoint_dir={tmp_path / 'ck'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen = []
-    deadline = time.time() + 600
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            if "final fit" in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert time.time() < deadline
-    finally:
-        proc.kill()
-        proc.wait(30)
-    assert any("final fit" in line for line in seen), "".join(seen)[-3000:]
+    killed = interrupt_cli(args, tmp_path, signal.SIGKILL, when=lambda output: "final fit" in output)
+    assert killed.returncode == -signal.SIGKILL
     again = run_cli(args[:-3] + ["trainer.final_fit=false", "trainer.epochs=30",
                                  f"trainer.checkpoint_dir={tmp_path / 'ck'}"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +25,7 @@ from esc_sweep.models import register_model
 from esc_sweep.runtime import pick_device
 from esc_sweep.training.cv import cross_validate, prepare, run_fold
 from tests.conftest import FAST_SYNTHETIC, compose_config, run_cli
+from tests.e2e.conftest import interrupt_cli
 
 QUICK = FAST_SYNTHETIC + ["trainer.epochs=3", "trainer.folds=[1,2]"]
 
@@ -141,23 +138,8 @@ CTRL_C_ARGS = FAST_SYNTHETIC + ["tracking.enabled=false", "trainer.folds=[1,2]",
 def _interrupt(cwd: Path, signum: int) -> tuple[list[str], str, int, Path]:
     """Run the CLI in ``cwd`` and send ``signum`` once fold 1 is saved, while fold 2 trains."""
     args = CTRL_C_ARGS + [f"trainer.checkpoint_dir={cwd / 'ck'}"]
-    with open(cwd / "cli.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            deadline = time.monotonic() + 240
-            while not list((cwd / "ck").glob("*/fold_1.json")):
-                assert proc.poll() is None, f"run ended before fold 1 was saved:\n{(cwd / 'cli.log').read_text()[-3000:]}"
-                assert time.monotonic() < deadline, "fold 1 never finished"
-                time.sleep(0.05)
-            proc.send_signal(signum)
-            returncode = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    (checkpoint,) = (cwd / "ck").iterdir()
-    return args, (cwd / "cli.log").read_text(), returncode, checkpoint
+    stopped = interrupt_cli(args, cwd, signum, checkpoint_root=cwd / "ck", after_fold=1)
+    return args, stopped.output, stopped.returncode, stopped.checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,114 @@
+"""``esc-sweep runs [--tracking-uri URI] [--experiment NAME] [--all]``: finished CV runs, comparable ones ranked together.
+
+One table per comparability key (``esc_sweep.compare_key``: same dataset and
+data copy, classes, folds and selection protocol), best mean validation
+accuracy first. Runs measured on other data, classes or folds land in another
+table, never in one ranking. Runs logged before the key existed are listed
+last, unranked.
+
+The store is the training's: ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``,
+else ``./mlruns/mlflow.db`` of the current folder. ``--experiment`` picks the
+MLflow experiment (default ``esc_sweep``); ``--all`` lists every experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+from datetime import datetime
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+RUN_ID_PREFIX = 8
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="esc-sweep runs",
+        description="Finished cross-validation runs, grouped so only comparable runs are ranked together "
+                    "(same data, classes, folds and selection protocol).",
+    )
+    parser.add_argument("--tracking-uri", help="MLflow store or server (default: $MLFLOW_TRACKING_URI, "
+                                               "else ./mlruns/mlflow.db)")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default esc_sweep)")
+    parser.add_argument("--all", action="store_true", dest="all_experiments",
+                        help="runs of every experiment in the store")
+    return parser.parse_args(list(argv))
+
+
+def _gap(value: float) -> str:
+    return f"{value:+.1%}" if math.isfinite(value) else "-"
+
+
+def _accuracy(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "-"
+    return f"{mean:.1%} ± {std:.1%}" if math.isfinite(std) else f"{mean:.1%}"
+
+
+def _date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M") if ms else "-"
+
+
+def _folds(folds: str) -> str:
+    count = len([f for f in folds.split(",") if f.strip()])
+    return f"{folds} ({count})" if count > 1 else folds
+
+
+def group_table(group, show_experiment: bool = False) -> Table:
+    """One rich table: the runs of one comparability group."""
+    first = group.runs[0]
+    if group.ranked:
+        title = (f"[bold]{escape(first.dataset)}[/] · {escape(first.num_classes)} classes · folds "
+                 f"{escape(first.folds)} · selection {escape(first.selection)} · data {escape(first.fingerprint)} "
+                 f"· key {escape(group.key)}")
+    else:
+        title = "[bold]older runs without a comparability key[/]: not ranked (their data, classes or selection may differ)"
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("model")
+    table.add_column("features")
+    if show_experiment:
+        table.add_column("experiment")
+    table.add_column("recipe")
+    table.add_column("folds")
+    table.add_column("classes", justify="right")
+    table.add_column("selection")
+    table.add_column("val acc (mean ± std)", justify="right", no_wrap=True)
+    table.add_column("gap", justify="right")
+    table.add_column("date", no_wrap=True)
+    table.add_column("run", no_wrap=True)
+    for rank, run in enumerate(group.runs, 1):
+        cells = [str(rank) if group.ranked else "-", escape(run.model), escape(run.features)]
+        if show_experiment:
+            cells.append(escape(run.experiment))
+        cells += [escape(run.recipe), escape(_folds(run.folds)), escape(run.num_classes), escape(run.selection),
+                  _accuracy(run.val_acc_mean, run.val_acc_std), _gap(run.gap_mean), _date(run.start_time),
+                  run.run_id[:RUN_ID_PREFIX]]
+        table.add_row(*cells)
+    return table
+
+
+def main(argv: Sequence[str]) -> None:
+    from esc_sweep.tracking.runs_table import DEFAULT_EXPERIMENT, comparable_groups, finished_cv_runs
+
+    args = parse_args(argv)
+    runs = finished_cv_runs(args.tracking_uri, args.experiment or DEFAULT_EXPERIMENT, args.all_experiments)
+    # Results go to stdout; wide enough for every column when it is a file or a pipe.
+    out = Console(width=None if sys.stdout.isatty() else max(shutil.get_terminal_size((160, 24)).columns, 160))
+    where = "every experiment" if args.all_experiments else f"experiment {args.experiment or DEFAULT_EXPERIMENT}"
+    if not runs:
+        out.print(f"no finished cross-validation runs in {escape(where)}")
+        return
+    groups = comparable_groups(runs)
+    ranked = sum(1 for g in groups if g.ranked)
+    out.print(f"{len(runs)} finished cross-validation run(s) in {escape(where)}, {ranked} comparable group(s); "
+              "runs are ranked only within their group")
+    for group in groups:
+        out.print()
+        out.print(group_table(group, show_experiment=args.all_experiments))

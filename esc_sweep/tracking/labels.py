@@ -1,0 +1,136 @@
+"""What a CV run is labelled with in MLflow: its tags, its name and its comparability key.
+
+Imports no MLflow (cheap). Every value comes from the resolved config and the
+loaded data, never from Hydra's group choices alone: ``model=resnet18
+model.name=efficientnet_b2`` trains efficientnet_b2 and is labelled so.
+
+Two CV runs are **comparable** (their mean accuracies may be ranked against
+each other) when they were validated on the same clips with the same classes,
+the same folds and the same selection protocol; ``esc_sweep.compare_key`` is a
+short hash of exactly those, so ``tags.`esc_sweep.compare_key` = '<key>'``
+finds every run that may be ranked with a given one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping, Sequence
+
+from omegaconf import OmegaConf
+
+# What was trained: the real values (not Hydra's group choices), short names for the UI's columns.
+MODEL_TAG = "model"  # model.name (any timm name)
+FEATURES_TAG = "features"  # features.kind
+AUGMENTATION_TAG = "augmentation"  # augmentation.name
+DATASET_TAG = "dataset"  # dataset.name
+OPTIMIZER_TAG = "optimizer"  # optimizer.name
+SCHEDULER_TAG = "scheduler"  # scheduler.name
+# What it was measured on, and how.
+FINGERPRINT_TAG = "esc_sweep.dataset_fingerprint"  # the data copy: clip ids, contents, rate, length, labels, folds
+NUM_CLASSES_TAG = "esc_sweep.num_classes"
+CLASSES_TAG = "esc_sweep.classes"  # "dog,rain,..." or "sha256:<12 hex>" when the list is long
+FOLDS_TAG = "esc_sweep.folds"  # the folds that were run, "1,2,3,4,5"
+NUM_FOLDS_TAG = "esc_sweep.num_folds"  # how many folds were run
+SELECTION_TAG = "esc_sweep.selection"  # trainer.validation: none | inner | test_fold
+RECIPE_TAG = "esc_sweep.recipe"  # the `experiment` config chosen, or "none"
+COMPARE_KEY_TAG = "esc_sweep.compare_key"  # hash of (dataset, fingerprint, classes, folds, selection)
+
+# Tag key -> config key it is read from.
+CONFIG_TAGS = {
+    MODEL_TAG: "model.name",
+    FEATURES_TAG: "features.kind",
+    AUGMENTATION_TAG: "augmentation.name",
+    DATASET_TAG: "dataset.name",
+    OPTIMIZER_TAG: "optimizer.name",
+    SCHEDULER_TAG: "scheduler.name",
+}
+_MAX_CLASS_LIST = 250  # characters; a longer class list is tagged by its hash
+
+
+def _short_hash(value: Any, length: int = 12) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def selection_protocol(cfg: Any) -> str:
+    """How decisions (early stopping, a sweep's objective) were made: ``trainer.validation``.
+
+    ``none`` (fixed epochs, the test folds only scored), ``inner`` (an inner
+    split of the training folds decides) or ``test_fold`` (the reported fold
+    decides: optimistic). A config from before that key existed: ``test_fold``
+    when early stopping was on (it watched the reported fold), else ``none``.
+    """
+    validation = OmegaConf.select(cfg, "trainer.validation", default=None)
+    if validation is not None and str(validation) != "":
+        return str(validation)
+    patience = OmegaConf.select(cfg, "trainer.early_stopping_patience", default=0) or 0
+    return "test_fold" if int(patience) > 0 else "none"
+
+
+def recipe(cfg: Any) -> str:
+    """The ``experiment`` config chosen on the command line (Hydra's choice), or ``none``."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choice = HydraConfig.get().runtime.choices.get("experiment")
+            if choice:
+                return str(choice)
+    except Exception:  # a config without Hydra's runtime section
+        pass
+    return "none"
+
+
+def classes_label(class_names: Sequence[str]) -> str:
+    """The class list as a tag value: the names, comma-separated, or ``sha256:<hash>`` when that is long."""
+    joined = ",".join(class_names)
+    return joined if len(joined) <= _MAX_CLASS_LIST else f"sha256:{_short_hash(list(class_names))}"
+
+
+def compare_key(dataset: str, fingerprint: str, class_names: Sequence[str], folds: Sequence[int],
+                selection: str) -> str:
+    """Equal for runs whose accuracies may be ranked together: same data, classes, folds and selection."""
+    return _short_hash({
+        "dataset": str(dataset),
+        "fingerprint": str(fingerprint),
+        "classes": list(map(str, class_names)),
+        "folds": sorted(int(f) for f in folds),
+        "selection": str(selection),
+    })
+
+
+def folds_label(folds: Sequence[int]) -> str:
+    return ",".join(str(int(f)) for f in sorted(folds))
+
+
+def run_labels(cfg: Any, class_names: Sequence[str], fingerprint: str) -> dict[str, str]:
+    """Every label tag of a CV run (and of its fold runs), from the config and the loaded data."""
+    tags = {tag: str(OmegaConf.select(cfg, key)) for tag, key in CONFIG_TAGS.items()}
+    folds = [int(f) for f in OmegaConf.select(cfg, "trainer.folds")]
+    selection = selection_protocol(cfg)
+    tags.update({
+        FINGERPRINT_TAG: str(fingerprint),
+        NUM_CLASSES_TAG: str(len(class_names)),
+        CLASSES_TAG: classes_label(class_names),
+        FOLDS_TAG: folds_label(folds),
+        NUM_FOLDS_TAG: str(len(folds)),
+        SELECTION_TAG: selection,
+        RECIPE_TAG: recipe(cfg),
+        COMPARE_KEY_TAG: compare_key(tags[DATASET_TAG], fingerprint, class_names, folds, selection),
+    })
+    return tags
+
+
+def folds_phrase(folds: Sequence[int] | str) -> str:
+    """``5 folds``, or ``fold 1`` for a single fold."""
+    if isinstance(folds, str):
+        folds = [int(f) for f in folds.split(",") if f.strip()]
+    folds = sorted(folds)
+    return f"fold {folds[0]}" if len(folds) == 1 else f"{len(folds)} folds"
+
+
+def run_name(labels: Mapping[str, str], trial_number: int | None = None) -> str:
+    """``resnet18 · mel · esc50 · 5 folds`` (``trial-4-`` in front for a sweep's trial)."""
+    name = " · ".join([labels[MODEL_TAG], labels[FEATURES_TAG], labels[DATASET_TAG], folds_phrase(labels[FOLDS_TAG])])
+    return f"trial-{trial_number}-{name}" if trial_number is not None else name
