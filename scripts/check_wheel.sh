@@ -19,7 +19,9 @@ echo "   $(basename "$wheel"): $yamls config files"
 
 echo "== wheel check: installing into a fresh venv (constraints.txt)"
 "$python" -m venv "$work/venv"
-"$work/venv/bin/pip" install -q -c "$repo/constraints.txt" "$wheel"
+# pip's notes about this machine's extra package indexes go to a log, shown only on failure.
+"$work/venv/bin/pip" install -q -c "$repo/constraints.txt" "$wheel" 2> "$work/pip.log" \
+  || { cat "$work/pip.log" >&2; exit 1; }
 
 mkdir "$work/run" && cd "$work/run"
 export MLFLOW_TRACKING_URI= ESC_SWEEP_CACHE="$work/cache"
