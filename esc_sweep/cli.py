@@ -1,7 +1,10 @@
 """``esc-sweep`` / ``python -m esc_sweep``.
 
-``esc-sweep predict ...``, ``esc-sweep serve ...`` and ``esc-sweep plots ...``
-are subcommands; anything else is a Hydra command line for training.
+``esc-sweep predict ...``, ``esc-sweep serve ...``, ``esc-sweep plots ...``,
+``esc-sweep runs ...`` (every key of SUBCOMMANDS) are subcommands; anything
+else is a Hydra command line for training. ``esc-sweep --help`` lists the
+subcommands, then Hydra prints the training help
+(``conf/hydra/help/esc_sweep.yaml``: config groups, main keys, examples).
 """
 
 from __future__ import annotations
@@ -12,7 +15,61 @@ SUBCOMMANDS = {
     "predict": "esc_sweep.app.predict",
     "serve": "esc_sweep.app.serve",
     "plots": "esc_sweep.app.plots",
+    "runs": "esc_sweep.app.runs",
+    "dashboard": "esc_sweep.app.dashboard",
 }
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def _summary(module: str) -> tuple[str, str]:
+    """(usage, one line) from the first line of a subcommand module's docstring, without importing it.
+
+    The docstrings start ``\`\`esc-sweep name ARGS\`\`: what it does.``
+    """
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+        source = open(spec.origin, encoding="utf-8").read() if spec and spec.origin else ""
+        doc = ast.get_docstring(ast.parse(source)) or ""
+    except (ImportError, OSError, SyntaxError, ValueError):
+        doc = ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    usage, sep, rest = first.partition("``:")
+    if sep:
+        return usage.strip("` "), rest.strip()
+    return "", first
+
+
+def subcommands_help() -> str:
+    """The overview ``esc-sweep --help`` prints before the training help."""
+    rows = [(name, *_summary(module)) for name, module in SUBCOMMANDS.items()]
+    width = max(len(name) for name, _, _ in rows)
+    lines = [
+        "esc-sweep: cross-validated experiment sweeps for environmental sound classification",
+        "",
+        "Usage:",
+        "  esc-sweep [group=option ...] [key=value ...]   train: cross-validate one configuration (the default)",
+        "  esc-sweep -m hparams_search=NAME ...           sweep: an Optuna search over configurations",
+        "  esc-sweep SUBCOMMAND [options]                 one of the subcommands below",
+        "  (python -m esc_sweep ... is the same command)",
+        "",
+        "Subcommands (esc-sweep SUBCOMMAND --help for its options):",
+    ]
+    for name, usage, line in rows:
+        lines.append(f"  {name.ljust(width)}  {line or '(no description)'}")
+        if usage:
+            lines.append(f"  {' ' * width}  usage: {usage}")
+    lines += [
+        "",
+        "Training help follows: config groups and their options, the main keys, examples.",
+        "Also: esc-sweep --cfg job (the resolved config), --info defaults-tree (the chosen options),",
+        "--hydra-help (Hydra's own flags), --version.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _sigterm_as_interrupt() -> None:
@@ -62,6 +119,9 @@ def main() -> None:
     if sys.argv[1:2] in (["--version"], ["-V"]):
         print(version_text())
         return
+    if sys.argv[1:2] and sys.argv[1] in HELP_FLAGS:
+        # The subcommands first; Hydra then prints the training help (and exits).
+        print(subcommands_help(), flush=True)
     try:
         if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
             import importlib

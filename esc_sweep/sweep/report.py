@@ -46,17 +46,22 @@ def short_names(names: list[str]) -> dict[str, str]:
 
 def trials_table(study: optuna.Study) -> Table:
     table = Table(title=f"Optuna study {study.study_name}")
-    for column in ("trial", "state", "value", "epochs", "time", "params", "note"):
-        table.add_column(column, justify="right" if column in ("trial", "value", "epochs", "time") else "left",
-                         max_width=60 if column == "note" else None, overflow="fold")
     trials = study.get_trials(deepcopy=False)
+    # With trainer.validation=inner the value is the inner split's score and the test folds are only
+    # scored: show that score beside it (the reporter records it as a user attribute).
+    test_column = any("test_fold_acc_mean" in t.user_attrs for t in trials)
+    columns = ["trial", "state", "value", *(["test acc"] if test_column else []), "epochs", "time", "params", "note"]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("trial", "value", "test acc", "epochs", "time")
+                         else "left", max_width=60 if column == "note" else None, overflow="fold")
     short = short_names(sorted({name for t in trials for name in t.params}))
     for t in trials:
         values = "" if t.values is None else ", ".join(_fmt(v) for v in t.values)
         params = " ".join(f"{short[k]}={_fmt(v)}" for k, v in t.params.items())
         style = {TrialState.PRUNED: "yellow", TrialState.FAIL: "red"}.get(t.state)
-        table.add_row(str(t.number), t.state.name, values, str(t.user_attrs.get("epochs_trained", "")),
-                      _duration(t), params, _note(t), style=style)
+        test = [_fmt(t.user_attrs["test_fold_acc_mean"]) if "test_fold_acc_mean" in t.user_attrs else ""]
+        table.add_row(str(t.number), t.state.name, values, *(test if test_column else []),
+                      str(t.user_attrs.get("epochs_trained", "")), _duration(t), params, _note(t), style=style)
     return table
 
 
@@ -123,8 +128,11 @@ def summary(study: optuna.Study, n_trials: int) -> dict[str, float]:
 
 def study_report(
     study: optuna.Study, directions: list[str], sweep_dir: str, parent_run_id: str | None, *,
-    n_trials: int, storage: str, console: Console | None = None,
+    n_trials: int, storage: str, console: Console | None = None, full: bool = True,
 ) -> dict[str, Any]:
+    """Print and save the study's report. ``full=False`` (a summary) leaves out the
+    parameter importances and the figures, whose imports (scikit-learn, matplotlib)
+    alone take seconds."""
     # Wide enough for the trials table when the output is a log file, not a terminal.
     console = console or (Console() if sys.stdout.isatty() else Console(width=160))
     out_dir = Path(sweep_dir)
@@ -151,7 +159,7 @@ def study_report(
         for t in pareto:
             console.print(f"  trial {t['number']}: values {t['values']}  {t['params']}")
 
-    imp = importances(study, directions)
+    imp = importances(study, directions) if full else {}
     if imp:
         results["param_importances"] = imp
         table = Table(title="Parameter importances (fANOVA)")
@@ -170,11 +178,12 @@ def study_report(
     OmegaConf.save(OmegaConf.create(_plain(results)), results_path)
     trials_csv = out_dir / "trials.csv"
     study.trials_dataframe().to_csv(trials_csv, index=False)
-    figs = figures(study, directions, bool(imp))
-    figure_dir = out_dir / "study_figures"
-    figure_dir.mkdir(exist_ok=True)
-    for name, figure in figs.items():
-        figure.savefig(figure_dir / f"{name}.png", dpi=100)
+    figs = figures(study, directions, bool(imp)) if full else {}
+    if figs:
+        figure_dir = out_dir / "study_figures"
+        figure_dir.mkdir(exist_ok=True)
+        for name, figure in figs.items():
+            figure.savefig(figure_dir / f"{name}.png", dpi=100)
     log.info("study report written to %s", out_dir)
 
     if parent_run_id:
@@ -182,10 +191,11 @@ def study_report(
 
         log_study_report(parent_run_id, figs, metrics, [results_path, trials_csv])
         console.print(f"Study report logged to MLflow run {parent_run_id}")
-    import matplotlib.pyplot as plt
+    if figs:
+        import matplotlib.pyplot as plt
 
-    for figure in figs.values():
-        plt.close(figure)
+        for figure in figs.values():
+            plt.close(figure)
     return results
 
 

@@ -20,7 +20,7 @@ import statistics
 from typing import Any, Mapping
 
 import optuna
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.errors import ConfigError
@@ -37,8 +37,9 @@ _STORAGES: dict[str, optuna.storages.BaseStorage] = {}
 
 def get_storage(url: str) -> optuna.storages.BaseStorage:
     if url not in _STORAGES:
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-        _STORAGES[url] = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        from esc_sweep.sweep.storage import open_storage
+
+        _STORAGES[url] = open_storage(url)
     return _STORAGES[url]
 
 
@@ -101,7 +102,9 @@ class TrialReporter(Callback):
         self.can_prune = len(self.study.directions) == 1
         self.report_epochs = bool(sweep.report_epochs)
         self.first_fold = list(cfg.trainer.folds)[0]
-        self.fold_accs: list[float] = []
+        self.fold_accs: list[float] = []  # what the objective averages (inner accuracy with validation=inner)
+        self.test_accs: list[float] = []
+        self.validation = str(OmegaConf.select(cfg, "trainer.validation", default="none"))
         self.epochs_trained = 0
 
     # --- callback hooks -------------------------------------------------------
@@ -114,10 +117,17 @@ class TrialReporter(Callback):
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         self.epochs_trained += 1
         if self.report_epochs and fold == self.first_fold and not self.fold_accs and epoch < EPOCH_STRIDE:
-            self._report(metrics["val_acc"], epoch, f"fold {fold}, epoch {epoch}")
+            # Pruning decides on the inner split with trainer.validation=inner: the test fold is only scored.
+            score = metrics.get("inner_acc") if self.validation == "inner" else metrics["val_acc"]
+            if score is not None:
+                self._report(score, epoch, f"fold {fold}, epoch {epoch}")
 
     def on_fold_end(self, result, resumed: bool = False) -> None:
-        self.fold_accs.append(result.val_acc)
+        inner = getattr(result, "inner_acc", None)
+        self.fold_accs.append(inner if self.validation == "inner" and inner is not None else result.val_acc)
+        self.test_accs.append(result.val_acc)
+        # Beside the objective, each trial keeps its test-fold accuracy (the honest estimate with inner).
+        self.trial.set_user_attr("test_fold_acc_mean", statistics.fmean(self.test_accs))
         self.trial.set_user_attr("epochs_trained", self.epochs_trained)
         folds_done = len(self.fold_accs)
         step = folds_done * (EPOCH_STRIDE if self.report_epochs else 1)

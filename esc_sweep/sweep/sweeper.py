@@ -1,34 +1,53 @@
 """The esc_optuna sweeper: the Optuna plugin's search space and samplers, with
 
-* pruning: each job gets its trial's identity and the study storage as
-  ``sweep.*`` overrides; the trainer's ``TrialReporter`` reports to the trial
-  and raises ``optuna.TrialPruned``, which is told to the study as PRUNED;
-* failures (exceptions, NaN loss, out of memory) told as FAIL with the
-  reason in the trial's ``fail_reason`` user attribute; the sweep goes on
-  while failures stay within ``max_failure_rate * n_trials``;
-* ``n_trials`` as the total of finished (COMPLETE + PRUNED) trials in the
-  study: a re-run resumes and runs only the missing trials, and several
-  workers on one storage stop at exactly ``n_trials`` between them;
-* a study report at the end (table, best trial, importances, figures on the
-  study's MLflow parent run, ``optimization_results.yaml``).
+* two sets of semantics (``hydra.sweeper.compat``; see docs/sweeps.md):
 
-How several workers share a study exactly: before asking for a trial a
-worker counts the trials that are finished or RUNNING (anyone's) and asks
-only if that is below ``n_trials``. Two workers can pass that check at the
-same moment, so after asking it checks again: trial numbers are handed out
-one at a time under a lock in Optuna's RDB storage, so all trials numbered
-below ours are visible; if ``n_trials`` of them are finished or running, our
-trial is surplus and is closed as FAIL (reason "surplus") without running.
-A worker with nothing to ask waits while other workers' trials run, because
-one of them may fail and need a replacement; heartbeats let it tell a
-running trial from one whose worker was killed.
+  - esc_sweep's (the default when the app's config has a ``sweep`` node, as
+    esc_sweep's own has): ``n_trials`` is the total of finished (COMPLETE +
+    PRUNED) trials in the study, so a re-run resumes and several workers on
+    one storage stop at exactly ``n_trials``; failed trials are replaced while
+    failures stay within ``max_failure_rate * n_trials`` (1.0: failures never
+    stop the sweep, and then count towards ``n_trials``); the sampler's
+    randomness is derived from (seed, trial number);
+  - the Optuna plugin's (compat, the default for any other app): ``n_trials``
+    trials per command, failed ones included, ``max_failure_rate`` per batch,
+    one random stream: the same trials as hydra-optuna-sweeper on the same seed;
+
+* pruning: when the app's config has a ``sweep`` node, each job gets its
+  trial's identity and the study storage as ``sweep.*`` overrides; the
+  trainer's ``TrialReporter`` reports to the trial and raises
+  ``optuna.TrialPruned``, which is told to the study as PRUNED. Other apps get
+  no extra keys;
+* failures (exceptions, NaN loss, out of memory, a task returning no number)
+  told as FAIL with the reason in the trial's ``fail_reason`` user attribute;
+* the search space (distributions, directions, objective names) stored with the
+  study: a study is only resumed by the same search;
+* liveness: heartbeats mark the RUNNING trials of killed workers FAIL;
+* a study report at the end (table, best trial, importances, figures on the
+  study's MLflow parent run, ``optimization_results.yaml``);
+* user errors (a misspelt parameter, a bad setting, an unusable storage) as
+  ``SweepError``/``StorageError``; the plugin prints them on one line and exits 2.
+
+How several workers share a study exactly (esc_sweep's semantics): before asking
+for a trial a worker counts the trials that are finished or RUNNING (anyone's)
+and asks only if that is below ``n_trials``. Two workers can pass that check at
+the same moment, so after asking it checks again: trial numbers are handed out
+one at a time by the storage, so all trials numbered below ours are visible; if
+``n_trials`` of them are finished or running, our trial is surplus and is
+closed as FAIL (reason "surplus") without running. A worker with nothing to ask
+waits while other workers' trials run, because one of them may fail and need a
+replacement; heartbeats let it tell a running trial from one whose worker was
+killed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -41,6 +60,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution, distribution_to_json
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
@@ -52,10 +72,30 @@ from esc_sweep.sweep import storage as _storage
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Study user attribute holding the search the study was made for.
+SPACE_ATTR = "esc_sweep.search_space"
+# The objective esc_sweep's trainer returns.
+ESC_OBJECTIVE = "mean_val_acc"
+# Failed trials that never produced a result of their own: replaced even where failures count.
+NOT_RUN = ("surplus", "interrupted", "sweep stopped", "stale")
+# The keys of esc_sweep's SweepConfig through which a job learns its trial.
+IDENTITY_KEYS = ("study_name", "storage", "trial_number")
 
 
 class SweepError(EscSweepError):
     """The sweep cannot go on (too many failed trials, a bad sweeper setting)."""
+
+
+def _one_line(err: BaseException) -> str:
+    cause = err.__cause__ if err.__cause__ is not None and "Error in call to target" in str(err) else err
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def has_trial_identity(config: DictConfig) -> bool:
+    """Whether the app's config has esc_sweep's ``sweep`` node (SweepConfig) to receive a trial's identity."""
+    node = OmegaConf.select(config, "sweep", default=None)
+    return isinstance(node, DictConfig) and all(key in node for key in IDENTITY_KEYS)
 
 
 class EscOptunaSweeperImpl(OptunaSweeperImpl):
@@ -68,8 +108,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         storage: str | None,
         study_name: str | None,
         n_trials: int,
-        n_jobs: int,
-        max_failure_rate: float,
+        n_jobs: int | None,
+        max_failure_rate: float | None,
         custom_search_space: str | None,
         params: DictConfig | None,
         pruner: DictConfig,
@@ -79,60 +119,145 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         grace_period: int,
         poll_seconds: float,
         devices: Sequence[str] = (),
+        compat: bool | None = None,
+        objective_names: Sequence[str] = (),
+        report: str | None = None,
     ) -> None:
-        super().__init__(sampler, direction, storage, study_name, n_trials, n_jobs, max_failure_rate,
-                         custom_search_space, params)
-        if n_trials < 1 or n_jobs < 1:
-            raise SweepError(f"hydra.sweeper.n_trials={n_trials} and n_jobs={n_jobs} must both be >= 1")
+        if n_trials is None or int(n_trials) < 1:
+            raise SweepError(f"hydra.sweeper.n_trials={n_trials}: must be >= 1")
+        if n_jobs is not None and int(n_jobs) < 1:
+            raise SweepError(f"hydra.sweeper.n_jobs={n_jobs}: must be >= 1")
+        if max_failure_rate is not None and not 0.0 <= float(max_failure_rate) <= 1.0:
+            raise SweepError(f"hydra.sweeper.max_failure_rate={max_failure_rate}: must be between 0.0 and 1.0")
+        if report not in (None, "full", "summary"):
+            raise SweepError(f"hydra.sweeper.report={report}: must be full or summary")
+        for key, value in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+            if value is not None and int(value) < 0:
+                raise SweepError(f"hydra.sweeper.{key}={value}: must be >= 0")
+        try:
+            super().__init__(sampler, direction, storage, study_name, int(n_trials), n_jobs or 1, 0.0,
+                             custom_search_space, params)
+        except Exception as err:  # the custom_search_space function cannot be found or is not allowed
+            raise SweepError(f"hydra.sweeper.custom_search_space={custom_search_space}: {_one_line(err)}") from err
+        self.n_jobs = int(n_jobs) if n_jobs is not None else None  # default set in setup(): depends on compat
+        self.max_failure_rate = float(max_failure_rate) if max_failure_rate is not None else None
+        self.custom_search_space = custom_search_space
         self.sampler_seed = sampler_seed
         self.pruner_spec = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) else pruner
         self.pruner = build_pruner(self.pruner_spec)  # fails early on a bad pruner name
         self.report_epochs = bool(report_epochs)
         self.extra_objectives = list(extra_objectives or [])
+        self.objective_names = list(objective_names or [])
         self.heartbeat_interval = int(heartbeat_interval or 0)
         self.grace_period = int(grace_period or 0)
         self.poll_seconds = float(poll_seconds)
         self.devices = list(devices or [])
-        self.failures: list[str] = []  # reasons of the trials this command saw fail
+        self.compat_setting = compat
+        self.report = report
+        self.compat = False
+        self.has_identity = True
+        self.failures: list[str] = []  # reasons of the trials this command saw fail (and that count)
+        self.asked = 0  # trials asked by this command
         self.is_grid = False
+        self.parent_run_id: str | None = None
+        self.liveness: _storage.Liveness | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.original_cwd = config.hydra.runtime.cwd
-        if not self.study_name:
-            self.study_name = config.hydra.runtime.choices.get("hparams_search") or "esc_sweep"
-        if not self.storage:
-            self.storage = _storage.default_storage_url(self.original_cwd, self.study_name)
-        self.storage = _storage.normalize_url(str(self.storage))
+        self.has_identity = has_trial_identity(config)
+        self.compat = (not self.has_identity) if self.compat_setting is None else bool(self.compat_setting)
+        # The Optuna plugin's defaults in compat mode, esc_sweep's otherwise.
+        if self.n_jobs is None:
+            self.n_jobs = 2 if self.compat else 1
+        if self.max_failure_rate is None:
+            self.max_failure_rate = 0.0 if self.compat else 0.25
+        if self.report is None:
+            self.report = "summary" if self.compat else "full"
+        if self.extra_objectives and not self.has_identity:
+            raise SweepError(
+                f"hydra.sweeper.extra_objectives={self.extra_objectives}: read from trial attributes that only "
+                "esc_sweep's trainer records; this app's config has no sweep node (return a tuple instead)"
+            )
+        if self.storage:
+            self.storage = _storage.resolve_url(str(self.storage), self.original_cwd)
+        else:
+            self.storage = None
+        if self.storage is not None or not self.compat:  # a persistent study (esc_sweep's default: SQLite)
+            if self.heartbeat_interval <= 0:
+                raise SweepError(
+                    "hydra.sweeper.heartbeat_interval=0 is refused for a saved study: a killed worker's trial "
+                    "would stay RUNNING forever (and, with esc_sweep's semantics, block n_trials); use >= 1"
+                )
+            if self.grace_period <= self.heartbeat_interval:
+                raise SweepError(
+                    f"hydra.sweeper.grace_period={self.grace_period} must exceed heartbeat_interval="
+                    f"{self.heartbeat_interval}, or live trials would be taken for dead ones"
+                )
 
     # ------------------------------------------------------------------ main loop
 
     def sweep(self, arguments: list[str]) -> None:
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
-        distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
+        try:
+            distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
+        except Exception as err:  # a sweep expression Optuna cannot take (empty range, zero step, ...)
+            raise SweepError(f"search space: {_one_line(err)}") from err
         for name in fixed_params:  # a value given on the command line wins over the search space
             distributions.pop(name, None)
+        self._check_parameters(distributions, fixed_params, fixed_overrides)
         self._prepare_grid_sampler(distributions)
         directions = self._get_directions()
-        if len(directions) != 1 + len(self.extra_objectives):
+        bad = [d for d in directions if d not in ("minimize", "maximize")]
+        if bad or not directions:
+            raise SweepError(f"hydra.sweeper.direction={directions}: each must be minimize or maximize")
+        if self.extra_objectives and len(directions) != 1 + len(self.extra_objectives):
             raise SweepError(
                 f"hydra.sweeper.direction has {len(directions)} entries for 1 + {len(self.extra_objectives)} "
-                f"objectives (accuracy + extra_objectives {self.extra_objectives})"
+                f"objectives (the returned value + extra_objectives {self.extra_objectives})"
             )
+        names = self._objective_names(directions)
+        space = self._space_record(distributions, directions, names)
+
+        if not self.compat:
+            if not self.study_name:
+                self.study_name = self._default_study_name(space)
+            if self.storage is None:
+                self.storage = _storage.default_storage_url(self.original_cwd, self.study_name)
 
         with _storage.study_lock(self.storage, self.study_name):
-            # Under the lock: workers starting together would race to create the schema.
-            self.rdb = _storage.make_storage(self.storage, self.heartbeat_interval, self.grace_period)
-            study = optuna.create_study(
-                study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner,
-                directions=directions, load_if_exists=True,
-            )
-            self.parent_run_id = self._study_parent_run(study)
+            # Under the lock: workers starting together would race to create the schema,
+            # the study and its search-space record.
+            self.rdb = _storage.open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+            try:
+                study = optuna.create_study(
+                    study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner,
+                    directions=directions, load_if_exists=True,
+                )
+            except EscSweepError:
+                raise
+            except Exception as err:
+                raise _storage.StorageError(
+                    f"storage {_storage.mask_url(self.storage)}: cannot create or load study "
+                    f"{self.study_name!r}: {_one_line(err)}") from err
+            self._check_space(study, space, distributions)
+            if names and study.metric_names != names:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(names)
+            self.parent_run_id = self._study_parent_run(study) if self.has_identity else None
+        self.study_name = study.study_name
+        self.liveness = _storage.Liveness(self.rdb, self.heartbeat_interval, self.grace_period)
         finished = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-        log.info("Study %s in %s: %d of %d trials finished; sampler %s, pruner %s",
-                 study.study_name, _storage.mask_url(self.storage), finished, self.n_trials,
-                 type(self.sampler).__name__, self.pruner_spec.get("name"))
+        if self.compat:
+            log.info("Study %s in %s (%d trials finished before): running %d trials; sampler %s",
+                     study.study_name, _storage.mask_url(self.storage), finished, self.n_trials,
+                     type(self.sampler).__name__)
+        else:
+            log.info("Study %s in %s: %d of %d trials finished; sampler %s, pruner %s",
+                     study.study_name, _storage.mask_url(self.storage), finished, self.n_trials,
+                     type(self.sampler).__name__, self.pruner_spec.get("name"))
 
         try:
             self._run_trials(study, distributions, fixed_params, fixed_overrides, directions)
@@ -147,24 +272,27 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             raise
         _report.study_report(
             study, directions, self.config.hydra.sweep.dir, self.parent_run_id, n_trials=self.n_trials,
-            storage=_storage.mask_url(self.storage),
+            storage=_storage.mask_url(self.storage), full=self.report == "full",
         )
 
     def _run_trials(self, study, distributions, fixed_params, fixed_overrides, directions) -> None:
         waiting_for = None
         while True:
-            stale = _storage.fail_stale_trials(study, self.rdb)
+            stale = _storage.fail_stale_trials(study, self.liveness)
             if stale:
                 log.warning("trials %s lost their worker (no heartbeat): marked FAIL", stale)
             if self._grid_exhausted(study):
                 log.info("The grid is exhausted.")
                 return
-            trials = study.get_trials(deepcopy=False)
-            n_finished = sum(t.state in self._counted for t in trials)
-            n_running = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-            missing = self.n_trials - n_finished - n_running
+            if self.compat:  # the Optuna plugin: n_trials asked by this command
+                missing, n_running = self.n_trials - self.asked, 0
+            else:
+                trials = study.get_trials(deepcopy=False)
+                n_counted = sum(self._counts(t) for t in trials)
+                n_running = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+                missing = self.n_trials - n_counted - n_running
             if missing <= 0:
-                if n_running == 0 or not self.heartbeat_interval:
+                if self.compat or n_running == 0 or not self.liveness.enabled:
                     return
                 if waiting_for != n_running:
                     log.info("%d trial(s) of other workers still running; waiting in case one needs a replacement",
@@ -174,6 +302,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 continue
 
             batch: list[optuna.Trial] = []
+            failed_before = len(self.failures)
             try:
                 for _ in range(min(self.n_jobs, missing)):
                     with _deferred_ctrl_c():  # a trial that exists is in `batch`, to be cleaned up
@@ -188,7 +317,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                     if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                         self._fail(study, trial, f"{what}: {type(err).__name__}: {err}".rstrip(": "))
                 raise
-            self._check_failure_budget()
+            self._check_failure_budget(len(self.failures) - failed_before, len(batch))
 
     def _launch(self, study, batch, distributions, fixed_params, fixed_overrides, directions) -> None:
         jobs = []
@@ -208,7 +337,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             jobs.append((trial, overrides))
         if not jobs:
             return
-        with _storage.Heartbeat(self.rdb, [trial._trial_id for trial, _ in jobs]):
+        with _storage.Heartbeat(self.liveness, [trial._trial_id for trial, _ in jobs]):
             # The job number is the trial number: unique across resumes and
             # workers, so jobs never share an output folder.
             returns = self.launcher.launch([o for _, o in jobs], initial_job_idx=jobs[0][0].number)
@@ -225,31 +354,37 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        if self.heartbeat_interval:
-            self.rdb.record_heartbeat(trial._trial_id)  # alive from its first moment
-        ahead = sum(t.state in self._claimed for t in study.get_trials(deepcopy=False) if t.number < trial.number)
-        if ahead >= self.n_trials:
-            log.info("trial %d is surplus: other workers already claimed the %d trials", trial.number, self.n_trials)
-            self._fail(study, trial, "surplus: other workers claimed all n_trials first; not run")
-            return None
+        self.asked += 1
+        if self.liveness is not None:
+            self.liveness.beat(trial._trial_id)  # alive from its first moment
+        if not self.compat:
+            ahead = sum(self._claims(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+            if ahead >= self.n_trials:
+                log.info("trial %d is surplus: other workers already claimed the %d trials", trial.number,
+                         self.n_trials)
+                self._fail(study, trial, "surplus: other workers claimed all n_trials first; not run")
+                return None
         self._reseed(trial.number)
         return trial
 
     def _reseed(self, number: int) -> None:
-        """Derive the sampler's random state from (seed, trial number).
+        """Derive the sampler's random state from (seed, trial number) (esc_sweep's semantics).
 
         A seeded sampler restarts its random sequence in every process, so a
         resumed sweep would repeat the first trials' parameters, and workers
         with the same seed would run the same parameters. Seeding by trial
-        number keeps runs reproducible and trials distinct.
+        number keeps runs reproducible and trials distinct. Compat mode keeps
+        the Optuna plugin's single random stream.
         """
-        if self.sampler_seed is None:
+        if self.sampler_seed is None or self.compat:
             return
         seed = int(np.random.SeedSequence([int(self.sampler_seed), int(number)]).generate_state(1)[0])
         _reseed_random_states(self.sampler, seed, depth=3)
 
     def _trial_overrides(self, trial, distributions, fixed_params, fixed_overrides) -> list[str]:
         (overrides,) = self._configure_trials([trial], distributions, fixed_params, fixed_overrides)
+        if not self.has_identity:  # nothing in this app reads sweep.*: add no keys to its config
+            return list(overrides)
         sweep = {
             "sweep.study_name": self.study_name,
             "sweep.storage": self.storage,
@@ -273,10 +408,11 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 self.failures.append(_failure_reason(error))
             return
         try:
-            values = self._objective_values(trial, ret.return_value)
+            values = self._objective_values(trial, ret.return_value, directions)
         except ValueError as err:
             self._fail(study, trial, f"bad objective: {err}")
-            self.failures.append(str(err))
+            if not self.compat:  # the Optuna plugin fails such a trial and goes on, whatever max_failure_rate
+                self.failures.append(f"bad objective: {err}")
             return
         try:
             study.tell(trial, values=values)
@@ -285,18 +421,22 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 raise
         log.info("trial %d COMPLETE: %s", trial.number, values if len(values) > 1 else values[0])
 
-    def _objective_values(self, trial: optuna.Trial, returned: Any) -> list[float]:
-        if isinstance(returned, (list, tuple)):
-            values = [float(v) for v in returned]
-        else:
-            values = [float(returned)]
+    def _objective_values(self, trial: optuna.Trial, returned: Any, directions: list[str]) -> list[float]:
+        try:
+            if isinstance(returned, (list, tuple)):
+                values = [float(v) for v in returned]
+            else:
+                values = [float(returned)]
+        except (TypeError, ValueError) as err:  # None, a string, a dict: fail the trial, not the sweep
+            raise ValueError(f"the task must return a number (one per direction), got {returned!r}") from err
+        if self.extra_objectives and not isinstance(returned, (list, tuple)):
             user_attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs
             for name in self.extra_objectives:
                 if name not in user_attrs:
                     raise ValueError(f"extra objective {name!r} was not recorded by the trial")
                 values.append(float(user_attrs[name]))
-        if len(values) != len(self._get_directions()):
-            raise ValueError(f"{len(values)} objective values for {len(self._get_directions())} directions")
+        if len(values) != len(directions):
+            raise ValueError(f"{len(values)} objective values for {len(directions)} directions")
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"objective is not finite: {values}")
         return values
@@ -310,14 +450,93 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         if not reason.startswith("surplus"):
             log.warning("trial %d FAIL: %s", trial.number, reason)
 
-    def _check_failure_budget(self) -> None:
-        allowed = self.max_failure_rate * self.n_trials
-        if len(self.failures) > allowed:
+    def _check_failure_budget(self, batch_failures: int, batch_size: int) -> None:
+        if not self.failures:
+            return
+        hint = "see each trial's fail_reason; raise hydra.sweeper.max_failure_rate to go on"
+        if self.compat:  # the Optuna plugin: the failures of one batch
+            if batch_size and batch_failures / batch_size > self.max_failure_rate:
+                raise SweepError(
+                    f"{batch_failures} of {batch_size} trials of a batch failed, more than max_failure_rate="
+                    f"{self.max_failure_rate} allows. Last: {self.failures[-1]} ({hint})"
+                )
+            return
+        if self.max_failure_rate >= 1.0:  # never stop for failures
+            return
+        if len(self.failures) > self.max_failure_rate * self.n_trials:
             raise SweepError(
                 f"{len(self.failures)} trials failed in this sweep, more than max_failure_rate="
-                f"{self.max_failure_rate} of n_trials={self.n_trials} allows. Last: {self.failures[-1]} "
-                "(see each trial's fail_reason; raise hydra.sweeper.max_failure_rate to go on)"
+                f"{self.max_failure_rate} of n_trials={self.n_trials} allows. Last: {self.failures[-1]} ({hint})"
             )
+
+    # ------------------------------------------------------------------ the search
+
+    def _check_parameters(self, distributions: dict, fixed_params: dict, fixed_overrides: list[str]) -> None:
+        """Refuse a parameter the app's config cannot take (a misspelt key, a missing group option)
+        before any trial runs. One composition when all is well; one per parameter to name the culprit."""
+        base = [f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)
+
+        def first(distribution) -> Any:
+            return distribution.choices[0] if isinstance(distribution, CategoricalDistribution) else distribution.low
+
+        def compose(overrides: list[str]) -> None:
+            self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+
+        try:
+            compose(base + [f"{name}={first(d)}" for name, d in distributions.items()])
+            return
+        except Exception:
+            pass
+        for name, distribution in distributions.items():
+            override = f"{name}={first(distribution)}"
+            try:
+                compose(base + [override])
+            except Exception as err:
+                raise SweepError(
+                    f"hydra.sweeper.params: {override} does not fit the app's config (misspelt?): {_one_line(err)}"
+                ) from err
+        # Each parameter fits alone: only some combinations fail, and those trials fail one by one.
+
+    def _objective_names(self, directions: list[str]) -> list[str]:
+        if self.objective_names:
+            if len(self.objective_names) != len(directions):
+                raise SweepError(f"hydra.sweeper.objective_names={self.objective_names}: one name per direction "
+                                 f"({len(directions)})")
+            return list(self.objective_names)
+        if self.has_identity and len(directions) == 1 + len(self.extra_objectives):
+            return [ESC_OBJECTIVE, *self.extra_objectives]
+        return []
+
+    def _space_record(self, distributions: dict, directions: list[str], names: list[str]) -> dict[str, Any]:
+        return {
+            "params": {name: json.loads(distribution_to_json(d)) for name, d in sorted(distributions.items())},
+            "directions": list(directions),
+            "objectives": list(names),
+            "custom_search_space": self.custom_search_space,
+        }
+
+    def _default_study_name(self, space: dict[str, Any]) -> str:
+        """<search or config name>-<hash of the search>: two different searches never share a study."""
+        choices = self.config.hydra.runtime.choices
+        base = choices.get("hparams_search") or self.config.hydra.job.config_name or "study"
+        digest = hashlib.sha1(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(base))}-{digest}"
+
+    def _check_space(self, study: optuna.Study, space: dict[str, Any], distributions: dict) -> None:
+        """Record the search with a new study; refuse to resume a study made for another search."""
+        stored = study.user_attrs.get(SPACE_ATTR)
+        if stored is None:
+            differences = _legacy_differences(study, space, distributions)
+        else:
+            differences = _space_differences(stored, space)
+        if differences:
+            raise SweepError(
+                f"study {study.study_name!r} in {_storage.mask_url(self.storage)} was made for another search "
+                f"({'; '.join(differences)}): resume it with its own search, or start another study "
+                "(hydra.sweeper.study_name=<new name>, or null for one derived from the search)"
+            )
+        if stored is None:
+            study.set_user_attr(SPACE_ATTR, space)
 
     # ------------------------------------------------------------------ helpers
 
@@ -339,14 +558,17 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             log.info("n_trials lowered from %d to the grid's %d points", self.n_trials, size)
             self.n_trials = size
 
-    @property
-    def _counted(self) -> tuple[TrialState, ...]:
-        """States that count towards n_trials: with a grid, each point is tried once, whatever its outcome."""
-        return FINISHED + (TrialState.FAIL,) if self.is_grid else FINISHED
+    def _counts(self, trial) -> bool:
+        """Whether a trial counts towards n_trials (esc_sweep's semantics): finished ones do; failed ones
+        too with a grid (each point is tried once) or max_failure_rate=1.0, unless they never ran."""
+        if trial.state in FINISHED:
+            return True
+        if trial.state == TrialState.FAIL and (self.is_grid or self.max_failure_rate >= 1.0):
+            return not str(trial.user_attrs.get("fail_reason", "")).startswith(NOT_RUN)
+        return False
 
-    @property
-    def _claimed(self) -> tuple[TrialState, ...]:
-        return self._counted + (TrialState.RUNNING, TrialState.WAITING)
+    def _claims(self, trial) -> bool:
+        return trial.state in (TrialState.RUNNING, TrialState.WAITING) or self._counts(trial)
 
     def _grid_exhausted(self, study: optuna.Study) -> bool:
         return self.is_grid and self.sampler.is_exhausted(study)
@@ -361,6 +583,47 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         run_id = get_or_create_study_run(task_cfg, study.study_name)
         study.set_user_attr("mlflow_parent_run_id", run_id)
         return run_id
+
+
+def _space_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    def canon(value: Any) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    out = []
+    old_params, new_params = old.get("params", {}), new.get("params", {})
+    added = sorted(set(new_params) - set(old_params))
+    removed = sorted(set(old_params) - set(new_params))
+    changed = sorted(n for n in set(old_params) & set(new_params) if canon(old_params[n]) != canon(new_params[n]))
+    if added:
+        out.append(f"new parameters {', '.join(added)}")
+    if removed:
+        out.append(f"parameters no longer searched {', '.join(removed)}")
+    if changed:
+        out.append(f"other ranges for {', '.join(changed)}")
+    for key in ("directions", "objectives", "custom_search_space"):
+        if canon(old.get(key)) != canon(new.get(key)):
+            out.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    return out
+
+
+def _legacy_differences(study: optuna.Study, space: dict[str, Any], distributions: dict) -> list[str]:
+    """A study without a recorded search (new, or made by the Optuna plugin or an older esc_sweep):
+    compare with what its trials show."""
+    out = []
+    directions = [d.name.lower() for d in study.directions]
+    if directions != space["directions"]:
+        out.append(f"directions {directions} -> {space['directions']}")
+    seen: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        seen.update(trial.distributions)
+    changed = sorted(n for n, d in seen.items() if n in distributions and d != distributions[n])
+    if changed:
+        out.append(f"other ranges for {', '.join(changed)}")
+    if not space["custom_search_space"]:
+        gone = sorted(set(seen) - set(distributions))
+        if gone:
+            out.append(f"parameters no longer searched {', '.join(gone)}")
+    return out
 
 
 def _reseed_random_states(obj: Any, seed: int, depth: int) -> None:

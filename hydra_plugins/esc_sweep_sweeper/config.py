@@ -3,10 +3,12 @@
 Registered as ``hydra/sweeper: esc_optuna``. Everything the Optuna plugin
 accepts (``sampler``, ``direction``, ``storage``, ``study_name``, ``n_trials``,
 ``n_jobs``, ``max_failure_rate``, ``params`` with ``interval``/``choice``/
-``range``/``tag(log, ...)``, ``custom_search_space``) means the same here,
-except that ``n_trials`` is the total number of finished trials the study
-should hold, and ``max_failure_rate`` bounds the failures of one sweep command
-rather than of one batch.
+``range``/``tag(log, ...)``, ``custom_search_space``) is accepted here. With
+``compat`` on (the default for apps without esc_sweep's ``sweep`` node) it
+also means the same; with it off (the default for esc_sweep) ``n_trials`` is
+the total number of finished trials the study should hold and
+``max_failure_rate`` bounds the failures of one sweep command. See
+docs/sweeps.md, "esc_optuna and the Optuna plugin".
 """
 
 from __future__ import annotations
@@ -45,16 +47,35 @@ class PrunerConf:
 class EscOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.esc_sweep_sweeper.sweeper.EscOptunaSweeper"
 
-    # Default: sqlite:///<original cwd>/outputs/optuna/<study_name>.db
+    # null (auto): true when the app's config has no `sweep` node (any Hydra app but
+    # esc_sweep), false for esc_sweep. true: the Optuna plugin's semantics (n_trials per
+    # command, failed trials included; max_failure_rate per batch; one random stream;
+    # in-memory study by default). false: esc_sweep's (n_trials as the study's total of
+    # finished trials; failed trials replaced; randomness from seed and trial number).
+    compat: Optional[bool] = None
+
+    # sqlite:///<file>.db, postgresql://user@host/db, journal:///<abs path>.log
+    # (journal://<relative path>). Default: with compat, in memory (the Optuna plugin's);
+    # else sqlite:///<original cwd>/outputs/optuna/<study_name>.db.
     storage: Optional[str] = None
-    # Default: the hparams_search name, else "esc_sweep".
+    # Default: with compat, a fresh name from Optuna; else <hparams_search or config
+    # name>-<hash of the search space>, so two different searches never share a study.
     study_name: Optional[str] = None
-    # One trial at a time per sweep command: the sampler sees every result
-    # before it proposes the next trial. Run several commands to parallelise.
-    n_jobs: int = 1
-    # Failed trials (errors, NaN loss, out of memory) this command may see,
-    # as a fraction of n_trials, before it gives up.
-    max_failure_rate: float = 0.25
+    # Trials launched at a time. Default: 2 with compat (the Optuna plugin's), else 1:
+    # the sampler sees every result before it proposes the next trial. Run several
+    # commands to parallelise.
+    n_jobs: Optional[int] = None
+    # Failed trials (errors, NaN loss, out of memory) this command may see before it gives
+    # up. With compat: a fraction of each batch (default 0.0, the Optuna plugin's); else
+    # a fraction of n_trials (default 0.25). 1.0: failures never stop the sweep.
+    max_failure_rate: Optional[float] = None
+    # Names of the objectives, one per direction, shown by optuna-dashboard. Default for
+    # esc_sweep: [mean_val_acc, *extra_objectives]; for other apps none.
+    objective_names: List[str] = field(default_factory=list)
+    # The study report at the end: full (table, best trial, optimization_results.yaml,
+    # trials.csv, fANOVA importances, figures) or summary (no importances or figures,
+    # whose imports take seconds). Default: summary with compat, else full.
+    report: Optional[str] = None
     pruner: PrunerConf = field(default_factory=PrunerConf)
     # Report every epoch of the first fold too, so a diverging trial is
     # stopped before its first fold ends.
@@ -66,9 +87,11 @@ class EscOptunaSweeperConf(OptunaSweeperConf):
     # With a parallel launcher (joblib) and n_jobs > 1: the i-th job of each
     # batch trains on devices[i % len(devices)], e.g. [cuda:0, cuda:1, cuda:2, cuda:3].
     devices: List[str] = field(default_factory=list)
-    # Liveness of RDB trials: a RUNNING trial without a heartbeat for
-    # grace_period seconds belonged to a killed worker and is marked FAIL.
-    # 0 disables heartbeats.
+    # Liveness: a RUNNING trial without a heartbeat for grace_period seconds belonged to
+    # a killed worker and is marked FAIL (and, with esc_sweep's semantics, replaced).
+    # RDB storages use Optuna's heartbeat table; journal files a trial system attribute.
+    # 0 is refused for a saved study (a killed worker's trial would stay RUNNING forever);
+    # grace_period must exceed heartbeat_interval.
     heartbeat_interval: int = 30
     grace_period: int = 120
     # How often a worker with nothing left to ask checks whether the trials

@@ -1,7 +1,7 @@
 """Surviving failures: non-finite loss, out of memory, Ctrl-C, damaged checkpoints, changed configs.
 
 The kill -9 and resume test lives in tests/e2e/test_cli.py; NaN trials in a sweep
-in tests/test_sweep.py. Here: what the user sees when a run fails, and that
+in tests/sweep/test_sweep.py. Here: what the user sees when a run fails, and that
 the fold checkpoints stay trustworthy around failures.
 """
 

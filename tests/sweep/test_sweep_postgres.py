@@ -26,7 +26,7 @@ import requests
 from optuna.trial import TrialState
 
 from esc_sweep.sweep.storage import normalize_url
-from tests.test_sweep import ENV, TINY
+from tests.sweep.test_sweep import ENV, TINY
 
 # Runs in the default suite: .ci/run installs PostgreSQL (Debian package).
 
