@@ -71,9 +71,6 @@ def main(argv: list[str]) -> None:
     # On stdout (tests and scripts read the port from it when --port 0).
     print(f"esc-sweep dashboard: {mask_url(url)}: {len(names)} studies ({shown or 'none yet'})", flush=True)
     print(f"Serving optuna-dashboard on http://{HOST}:{port}/ (Ctrl-C to stop)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    from esc_sweep.app.serve import serve_until_interrupted
+
+    serve_until_interrupted(server)

@@ -319,6 +319,11 @@ def main(argv: list[str]) -> None:
     # Printed on stdout (tests and scripts read the port from it when --port 0).
     print(f"esc-sweep serve: {bundle.describe()}", flush=True)
     print(f"Serving on http://{host}:{port}/ (Ctrl-C to stop)", flush=True)
+    serve_until_interrupted(server)
+
+
+def serve_until_interrupted(server) -> None:
+    """Serve until Ctrl-C (or SIGTERM, which the CLI turns into one), then close the socket."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:
