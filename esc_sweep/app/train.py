@@ -35,11 +35,13 @@ def build_callbacks(cfg: DictConfig, first: threading.Thread | None = None) -> l
 
     callbacks = []
     if cfg.tracking.enabled:
-        from esc_sweep.tracking.uri import check_server, is_server, resolve_tracking_uri
+        from esc_sweep.tracking.uri import check_server, check_store, is_server, resolve_tracking_uri
 
         uri = resolve_tracking_uri(cfg)
         if is_server(uri):
             check_server(uri)  # no server: say so now, not after the first epoch
+        else:
+            check_store(uri)  # a folder, a damaged or unwritable database: say so now
 
         def build_tracker():
             if first is not None:

@@ -208,6 +208,14 @@ class MlflowTracker(Callback):
         except MlflowException as err:
             self.on_exception(err)
             raise TrackingError(f"MLflow tracking at {self.tracking_uri} failed: {err.message}") from err
+        except (OSError, ImportError) as err:
+            self.on_exception(err)
+            raise
+        except Exception as err:  # the store's own errors (SQLAlchemy, a damaged or locked database)
+            self.on_exception(err)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrackingError(f"MLflow store {self.tracking_uri} cannot be used ({type(err).__name__}: "
+                                f"{first}); fix tracking.uri / $MLFLOW_TRACKING_URI") from err
         except BaseException as err:
             self.on_exception(err)
             raise

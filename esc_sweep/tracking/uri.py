@@ -57,3 +57,42 @@ def check_server(uri: str) -> None:
             f"no MLflow server answers at {uri} ({problem}). Start it, fix tracking.uri / "
             "$MLFLOW_TRACKING_URI, or unset both to track into ./mlruns."
         )
+
+
+def check_store(uri: str) -> None:
+    """Raise TrackingError, in one line, when a local SQLite store cannot be used.
+
+    Checked before training (no MLflow import: cheap): the path is a folder, the file is
+    not a SQLite database, it cannot be opened for writing, or its folder cannot be made.
+    Servers are checked by ``check_server``; other stores by MLflow when the run opens.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri[len("sqlite:///"):]).expanduser()
+    fix = "fix tracking.uri / $MLFLOW_TRACKING_URI, or unset both to track into ./mlruns"
+    if path.is_dir():
+        raise TrackingError(f"MLflow store {uri} is a folder, not a database file: {fix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TrackingError(f"cannot create the folder of MLflow store {uri} ({err.strerror or err}): {fix}") from None
+    if path.exists():
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(16)
+        except OSError as err:
+            raise TrackingError(f"cannot read MLflow store {uri} ({err.strerror or err}): {fix}") from None
+        if header and header != b"SQLite format 3\x00":
+            raise TrackingError(f"MLflow store {uri} is not a SQLite database (damaged or another file): "
+                                f"move it away, or {fix}")
+    try:  # a write transaction proves the file (and its journal beside it) can be written
+        connection = sqlite3.connect(path, timeout=30)
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute("ROLLBACK")
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise TrackingError(f"cannot write MLflow store {uri} ({err}): {fix}") from None
