@@ -134,4 +134,10 @@ def main() -> None:
         sys.exit(2)
     from esc_sweep.app.train import main as train
 
-    train()
+    try:
+        train()
+    except KeyboardInterrupt:
+        # A sweep (-m) stopped with Ctrl-C or SIGTERM: the running trial is recorded as failed
+        # ("interrupted") and is run again when the same command resumes the study.
+        console.print("[bold yellow]interrupted:[/] the study is saved; run the same command again to resume it.")
+        sys.exit(130)

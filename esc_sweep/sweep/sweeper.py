@@ -275,8 +275,26 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             storage=_storage.mask_url(self.storage), full=self.report == "full",
         )
 
+    def _requeue_interrupted_grid_points(self, study: optuna.Study) -> None:
+        """A grid point whose trial was interrupted (Ctrl-C, a stopped sweep) never ran to an end: queue it
+        again, so the resumed grid covers every point (the grid sampler counts it as visited)."""
+        trials = study.get_trials(deepcopy=False)
+
+        def interrupted(t) -> bool:
+            return t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(NOT_RUN)
+
+        # A queued (WAITING) trial keeps its parameters in Optuna's "fixed_params" until it is asked.
+        covered = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if not interrupted(t)]
+        for t in trials:
+            if interrupted(t) and t.params and t.params not in covered:
+                study.enqueue_trial(t.params)
+                covered.append(t.params)
+                log.info("grid point %s was interrupted: queued to run again", t.params)
+
     def _run_trials(self, study, distributions, fixed_params, fixed_overrides, directions) -> None:
         waiting_for = None
+        if self.is_grid and not self.compat:
+            self._requeue_interrupted_grid_points(study)
         while True:
             stale = _storage.fail_stale_trials(study, self.liveness)
             if stale:
@@ -289,7 +307,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             else:
                 trials = study.get_trials(deepcopy=False)
                 n_counted = sum(self._counts(t) for t in trials)
-                n_running = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+                # A WAITING trial (a re-queued grid point) is work this worker takes next, not another's.
+                n_running = sum(t.state == TrialState.RUNNING for t in trials)
                 missing = self.n_trials - n_counted - n_running
             if missing <= 0:
                 if self.compat or n_running == 0 or not self.liveness.enabled:
@@ -571,7 +590,10 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         return trial.state in (TrialState.RUNNING, TrialState.WAITING) or self._counts(trial)
 
     def _grid_exhausted(self, study: optuna.Study) -> bool:
-        return self.is_grid and self.sampler.is_exhausted(study)
+        if not self.is_grid:
+            return False
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return not waiting and self.sampler.is_exhausted(study)
 
     def _study_parent_run(self, study: optuna.Study) -> str | None:
         """The study's MLflow parent run (created once per study; called under the study lock)."""
