@@ -328,11 +328,12 @@ def test_a_trial_asked_after_the_study_is_fully_claimed_is_closed_as_surplus(tmp
 def test_running_trial_without_heartbeat_is_marked_fail_as_stale(tmp_path):
     from esc_sweep.sweep.storage import fail_stale_trials, make_storage
 
-    rdb = make_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=1)
+    # A grace period of 3 s leaves a loaded CI machine seconds between "alive"'s beat and the check.
+    rdb = make_storage(f"sqlite:///{tmp_path / 'hb.db'}", heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(study_name="hb", storage=rdb, direction="maximize")
     alive, dead = study.ask(), study.ask()
     rdb.record_heartbeat(dead._trial_id)
-    time.sleep(2.5)  # more than the grace period without a beat from "dead"
+    time.sleep(4.5)  # more than the grace period without a beat from "dead"
     rdb.record_heartbeat(alive._trial_id)
     assert fail_stale_trials(study, rdb) == [dead.number]
     trials = study.get_trials(deepcopy=False)
