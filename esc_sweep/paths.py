@@ -74,3 +74,18 @@ def feature_cache_dir(cache_dir: Optional[str] = None) -> Path:
 
 def download_dir(configured: Optional[str] = None) -> Path:
     return expand(configured or DEFAULT_DOWNLOAD_DIR)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    ``path`` is never half-written (a kill or a full disk leaves the old file or none);
+    on failure the temporary file is removed and the OSError is raised for the caller to word.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

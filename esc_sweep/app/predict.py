@@ -36,6 +36,7 @@ from esc_sweep.data.audio import (
     to_mono,
 )
 from esc_sweep.errors import EscSweepError
+from esc_sweep.paths import write_text_atomically
 
 FORMATS = ("table", "json", "csv")
 # Windowed decoding keeps memory bounded; the limit bounds time (an hour takes about a minute on 2 cores).
@@ -178,13 +179,9 @@ def _short_path(path: str) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it: ``path`` is never half-written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomically(path, text)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise EscSweepError(f"cannot write --output {path}: {err.strerror or err}") from None
 
 

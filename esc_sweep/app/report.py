@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from esc_sweep.errors import EscSweepError
+from esc_sweep.paths import write_text_atomically
 from esc_sweep.training.results import SELECTION_NOTES, CVResult
 
 
@@ -54,12 +54,9 @@ def print_results(cv: CVResult, console: Console | None = None) -> None:
 def write_results(cv: CVResult, directory: Path, extra: dict | None = None) -> Path:
     """results.json, written atomically: a full disk or a kill never leaves a partial file."""
     path = Path(directory) / "results.json"
-    tmp = path.with_name(f".results.json.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({**cv.to_dict(), **(extra or {})}, indent=2))
-        os.replace(tmp, path)
+        write_text_atomically(path, json.dumps({**cv.to_dict(), **(extra or {})}, indent=2))
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         kept = f"; the finished folds are kept in {cv.checkpoint_dir}" if cv.checkpoint_dir else ""
         raise EscSweepError(f"cannot write {path}: {err.strerror or err}{kept}: fix that and run the same "
                             f"command again (the folds are not trained again)") from None
