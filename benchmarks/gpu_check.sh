@@ -7,7 +7,8 @@
 # Needs the real data beside the tree: ESC50_ROOT (default ../shared/esc50, or data/esc50 when carried).
 # Runs: the throughput benchmark (model only, esc_sweep pipeline, DataLoader baseline) for baseline_cnn and
 # resnet18 at 128 mels, then a 1-fold resnet18 short run with bf16 + channels_last, with and without
-# torch.compile. Parallel folds on one GPU are not part of it yet: trainer.parallel_folds does not exist.
+# torch.compile, then all 5 folds of the same short run sequentially and with trainer.parallel_folds=5
+# (five fold processes sharing the one GPU; benchmarks/parallel_folds.py prints the ratio).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -45,6 +46,9 @@ FOLD1="model=resnet18 $MEL128 trainer.folds=[1] trainer.epochs=$EPOCHS trainer.a
 [ -n "${SHORT:-}" ] && FOLD1="$FOLD1 dataset.classes=[dog,rooster,rain,crying_baby,clock_tick]"
 run fold1_resnet18_bf16 "$PY" -m esc_sweep $FOLD1 hydra.run.dir="$work/run_eager"
 run fold1_resnet18_bf16_compile "$PY" -m esc_sweep $FOLD1 trainer.compile=true hydra.run.dir="$work/run_compile"
+PARALLEL="model=resnet18 $MEL128 trainer.epochs=$EPOCHS trainer.amp=true trainer.channels_last=true"
+[ -n "${SHORT:-}" ] && PARALLEL="$PARALLEL dataset.classes=[dog,rooster,rain,crying_baby,clock_tick]"
+run parallel_folds "$PY" benchmarks/parallel_folds.py --workers 5 --out "$work/parallel_folds.json" $PARALLEL
 
 "$PY" - "$work" "$OUT" "$started" <<'PYEOF'
 import json, pathlib, platform, subprocess, sys, time
@@ -63,6 +67,7 @@ result = {
     "runs": [json.loads(line) for line in (work / "runs.jsonl").read_text().splitlines()],
     "throughput": {p.stem: load(p) for p in sorted(work.glob("throughput_*.json"))},
     "fold1": {d.name: load(d / "results.json") for d in sorted(work.glob("run_*"))},
+    "parallel_folds": load(work / "parallel_folds.json"),
     "seconds": int(time.time()) - started,
 }
 out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,22 @@
 """How a bundle's accuracy depends on recording level, sample rate and codec.
 
-    python benchmarks/robustness.py --bundle outputs/runs/<run>/bundle --root ../shared/esc50 --fold 5 --esc10
+    python benchmarks/robustness.py --bundle outputs/runs/<run>/bundle --root ../shared/esc50 --fold 5
     python benchmarks/robustness.py --train "features.normalize=instance" --name instance --root ../shared/esc50
+    python benchmarks/robustness.py --train "features.normalize=instance" --ensemble --tta 10 --keep /tmp/kept
 
 With ``--train OVERRIDES`` it first trains the bundle the way docs/predict.md
 measures one: the ESC-10 classes of folds 1-4 as a CSV folder dataset (fold 5
 never seen), CV fold 1 for the estimate, then a final fit on all four folds.
+``--ensemble`` runs the CV on all four folds instead (a 4-fold CV of folds 1-4),
+so the run also saves its fold ensemble (``bundle_ensemble/``), and both are
+scored on fold 5: no member of the ensemble has seen it, which makes this the
+honest measurement a 5-fold ESC-50 CV cannot give (there every clip is in the
+training folds of 4 of the 5 members). ``--bundle`` may name a fold ensemble
+too (it says whether the test fold is outside all its members' training
+folds), and may be given several times. ``--tta 0 10`` scores each bundle
+without and with 10 test-time crops per clip. ``--only "rate,gain +0"`` keeps
+the perturbations whose names contain one of the words (test-time crops cost
+about 10 passes per clip). ``--keep DIR`` keeps the trained bundles.
 
 Each perturbation rewrites the held-out fold's clips as files and tags them
 through ``esc-sweep predict``'s own per-file path (header probe, windowed
@@ -28,6 +39,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +78,7 @@ def audio_path(root: Path, filename: str) -> Path:
     return found[0]
 
 
-def train_bundle(root: Path, overrides: list[str], work: Path) -> Path:
+def train_bundles(root: Path, overrides: list[str], work: Path, ensemble: bool) -> list[Path]:
     rows = [r for r in esc10_rows(root) if int(r["fold"]) != 5]
     listing = work / "esc10_folds1-4.csv"
     with open(listing, "w", newline="") as handle:
@@ -74,7 +86,8 @@ def train_bundle(root: Path, overrides: list[str], work: Path) -> Path:
         writer.writerow(["filename", "label", "fold"])
         for r in rows:
             writer.writerow([audio_path(root, r["filename"]).name, r["category"], r["fold"]])
-    args = [sys.executable, "-m", "esc_sweep", *RECIPE, f"dataset.root={root / 'audio'}",
+    recipe = [o.replace("trainer.folds=[1]", "trainer.folds=[1,2,3,4]") if ensemble else o for o in RECIPE]
+    args = [sys.executable, "-m", "esc_sweep", *recipe, f"dataset.root={root / 'audio'}",
             f"dataset.csv={listing}", *overrides]
     print("training:", " ".join(args[3:]), flush=True)
     out = subprocess.run(args, cwd=work, capture_output=True, text=True)
@@ -82,7 +95,7 @@ def train_bundle(root: Path, overrides: list[str], work: Path) -> Path:
         raise SystemExit(out.stderr[-3000:])
     (bundle,) = work.glob("outputs/runs/*/*/bundle")
     print(out.stdout[-1500:], flush=True)
-    return bundle
+    return [bundle, bundle.parent / "bundle_ensemble"] if ensemble else [bundle]
 
 
 def perturbations(clip: np.ndarray, rate: int):
@@ -99,26 +112,68 @@ def perturbations(clip: np.ndarray, rate: int):
                                                                                          subtype=subtype)
 
 
-def evaluate(bundle_dir: Path, root: Path, fold: int) -> dict:
-    bundle = load_bundle(bundle_dir)
+def bundle_label(bundle) -> str:
+    kind = f"fold ensemble ({bundle.num_members} models)" if bundle.num_members > 1 else "single model"
+    return kind + (f", {bundle.tta_crops}-crop TTA" if bundle.tta_crops > 1 else "")
+
+
+def honesty_note(bundle, fold: int) -> str:
+    """Whether clips of ``fold`` are outside every member's training folds (as bundle.json records them)."""
+    members = bundle.meta.get("members")
+    if not members:
+        return "single model: trained on the folds of its dataset"
+    seen = sorted({f for m in members for f in m["trained_on_folds"]})
+    if fold in seen:
+        return f"NOT honest: fold {fold} is in the training folds of some members (folds {seen})"
+    return f"honest: members trained on folds {seen}, none on fold {fold}"
+
+
+def evaluate(bundles: list, root: Path, fold: int, only: list[str] | None = None) -> dict[str, dict]:
+    """Accuracy per perturbation of each bundle (by label); every perturbed file is written once."""
     rows = [r for r in esc10_rows(root) if int(r["fold"]) == fold]
-    correct: dict[str, list[bool]] = {}
+    correct: dict[str, dict[str, list[bool]]] = {bundle_label(b): {} for b in bundles}
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
             data, rate = sf.read(audio_path(root, r["filename"]), dtype="float32")
             clip = data if data.ndim == 1 else data.mean(1)
             for name, ext, write in perturbations(clip, rate):
+                if only and not any(word in name for word in only):
+                    continue
                 path = Path(tmp) / f"clip.{ext}"
                 write(path)
-                label = predict_one(bundle, path, top_k=1)["label"]
-                correct.setdefault(name, []).append(label == r["category"])
-    return {name: float(np.mean(hits)) for name, hits in correct.items()} | {"clips": len(rows)}
+                for bundle in bundles:
+                    label = predict_one(bundle, path, top_k=1)["label"]
+                    correct[bundle_label(bundle)].setdefault(name, []).append(label == r["category"])
+    return {variant: {name: float(np.mean(hits)) for name, hits in per.items()} | {"clips": len(rows)}
+            for variant, per in correct.items()}
+
+
+def spread(accuracy: dict) -> dict[str, float]:
+    """Drops from the as-recorded accuracy, for the perturbations that were measured."""
+    base = accuracy.get("gain +0 dB")
+    gains = [accuracy[f"gain {d:+d} dB"] for d in GAINS_DB if f"gain {d:+d} dB" in accuracy]
+    rates = [accuracy[f"rate {r / 1000:g} kHz"] for r in RATES if f"rate {r / 1000:g} kHz" in accuracy]
+    out = {}
+    if base is not None and gains:
+        out["worst_gain_drop_points"] = 100 * max(base - g for g in gains)
+    if rates:
+        out["rate_spread_points"] = 100 * (max(rates) - min(rates))
+    if base is not None and "rate 8 kHz" in accuracy:
+        out["8k_drop_points"] = 100 * (base - accuracy["rate 8 kHz"])
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", help="a bundle folder (else --train)")
+    parser.add_argument("--bundle", action="append", help="a bundle folder (single or fold ensemble; repeatable), "
+                                                          "else --train")
     parser.add_argument("--train", default=None, help="train a bundle first, with these extra overrides (space-separated)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="with --train: 4-fold CV on folds 1-4, scoring its fold ensemble beside the final fit")
+    parser.add_argument("--tta", type=int, nargs="+", default=[0],
+                        help="test-time crops to score each bundle with (0: none; e.g. --tta 0 10)")
+    parser.add_argument("--only", help="comma-separated words: keep the perturbations whose names contain one")
+    parser.add_argument("--keep", help="with --train: copy the trained bundle folders here")
     parser.add_argument("--name", default="bundle", help="name for the result file")
     parser.add_argument("--root", default=os.environ.get("ESC50_ROOT", str(REPO.parent / "shared" / "esc50")))
     parser.add_argument("--fold", type=int, default=5)
@@ -126,24 +181,45 @@ def main() -> None:
     root = Path(args.root)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="esc_sweep-robustness-") as work:
-        bundle = Path(args.bundle) if args.bundle else train_bundle(root, (args.train or "").split(), Path(work))
-        accuracy = evaluate(bundle, root, args.fold)
-        meta = json.loads((bundle / "bundle.json").read_text())
-    base = accuracy["gain +0 dB"]
-    print(f"\n{args.name}: ESC-10 fold {args.fold} ({accuracy['clips']} clips), accuracy in %")
-    for name, value in accuracy.items():
+        if args.bundle:
+            folders = [Path(b) for b in args.bundle]
+        else:
+            folders = train_bundles(root, (args.train or "").split(), Path(work), args.ensemble)
+            if args.keep:
+                for folder in folders:
+                    shutil.copytree(folder, Path(args.keep) / folder.name, dirs_exist_ok=True)
+        bundles = []
+        for folder in folders:
+            for crops in args.tta:
+                bundles.append(load_bundle(folder, tta_crops=crops))
+        only = [w.strip() for w in args.only.split(",")] if args.only else None
+        accuracy = evaluate(bundles, root, args.fold, only)
+        meta = json.loads((folders[0] / "bundle.json").read_text())
+        notes = {bundle_label(b): honesty_note(b, args.fold) for b in bundles}
+    variants = list(accuracy)
+    print(f"\n{args.name}: ESC-10 fold {args.fold} ({accuracy[variants[0]]['clips']} clips), accuracy in %")
+    for variant in variants:
+        print(f"  [{variant}] {notes[variant]}")
+    print(f"  {'perturbation':16s} " + " ".join(f"{v[:28]:>28s}" for v in variants))
+    for name in accuracy[variants[0]]:
         if name != "clips":
-            print(f"  {name:16s} {100 * value:5.1f}  ({100 * (value - base):+5.1f})")
+            print(f"  {name:16s} " + " ".join(f"{100 * accuracy[v][name]:28.1f}" for v in variants))
+    first = accuracy[variants[0]]
     result = {
         "name": args.name,
-        "accuracy": accuracy,
-        "worst_gain_drop_points": 100 * max(base - accuracy[f"gain {d:+d} dB"] for d in GAINS_DB),
-        "rate_spread_points": 100 * (max(accuracy[f"rate {r / 1000:g} kHz"] for r in RATES)
-                                     - min(accuracy[f"rate {r / 1000:g} kHz"] for r in RATES)),
-        "train_overrides": RECIPE + (args.train or "").split() if not args.bundle else None,
+        "accuracy": first,  # the first variant (first bundle, first --tta value), as before
+        **spread(first),
+        "variants": {v: {"accuracy": accuracy[v], "note": notes[v], **spread(accuracy[v])} for v in variants},
+        "train_overrides": (RECIPE + (args.train or "").split() + (["trainer.folds=[1,2,3,4]"] if args.ensemble else [])
+                            if not args.bundle else None),
+        "bundles": [str(f) for f in folders],
+        "tta_crops": args.tta,
+        "only": only,
         "features": meta["config"]["features"],
         "augmentation": meta["config"]["augmentation"],
-        "cv_estimate_fold1": meta.get("cv", {}).get("cv_val_acc_mean"),
+        "cv_estimate": meta.get("cv", {}).get("cv_val_acc_mean"),
+        "cv_estimate_tta": meta.get("cv", {}).get("cv_val_acc_tta_mean"),
+        "cv_folds": meta["config"]["trainer"]["folds"],
         "data": f"{root} (reduced-fidelity ESC-50 copy), ESC-10 classes, train folds 1-4, test fold {args.fold}",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
@@ -151,8 +227,9 @@ def main() -> None:
     }
     out = REPO / "benchmarks" / "results" / f"robustness_{args.name}.json"
     out.write_text(json.dumps(result, indent=2))
-    print(f"worst gain drop {result['worst_gain_drop_points']:.1f} points, rate spread "
-          f"{result['rate_spread_points']:.1f} points; wrote {out}")
+    for v in variants:
+        print(f"[{v}] " + ", ".join(f"{k} {value:.1f}" for k, value in spread(accuracy[v]).items()))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

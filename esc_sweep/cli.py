@@ -9,7 +9,15 @@ subcommands, then Hydra prints the training help
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+import signal
 import sys
+
+from esc_sweep import __version__
+from esc_sweep.errors import ConfigError, EscSweepError
+from esc_sweep.runtime import configure
 
 SUBCOMMANDS = {
     "predict": "esc_sweep.app.predict",
@@ -27,9 +35,6 @@ def _summary(module: str) -> tuple[str, str]:
 
     The docstrings start ``\`\`esc-sweep name ARGS\`\`: what it does.``
     """
-    import ast
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec(module)
         source = open(spec.origin, encoding="utf-8").read() if spec and spec.origin else ""
@@ -74,8 +79,6 @@ def subcommands_help() -> str:
 
 def _sigterm_as_interrupt() -> None:
     """Treat SIGTERM (job schedulers, ``kill``) like Ctrl-C, so runs end KILLED and checkpoints stay."""
-    import signal
-
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -84,8 +87,6 @@ def _sigterm_as_interrupt() -> None:
 
 def check_overrides(args: list[str]) -> None:
     """Hydra instantiates ``hydra.callbacks`` itself, before app.run checks ``_target_`` values: refuse them here."""
-    from esc_sweep.errors import ConfigError
-
     for arg in args:
         key = arg.lstrip("+~").partition("=")[0]
         if key.startswith(("hydra.callbacks", "hydra/callbacks")):
@@ -94,10 +95,9 @@ def check_overrides(args: list[str]) -> None:
 
 def version_text() -> str:
     """The package version and the torch stack it runs on (importing both proves they load together)."""
+    # deferred: torch and torchaudio (~3.7 s): only --version pays for them, never --help
     import torch
-    import torchaudio
-
-    from esc_sweep import __version__
+    import torchaudio  # deferred: as above
 
     if torch.version.cuda is None:
         cuda = "CPU-only build"
@@ -108,12 +108,10 @@ def version_text() -> str:
 
 
 def main() -> None:
-    from esc_sweep.runtime import configure
-
     configure()  # before anything imports torch
-    from esc_sweep.errors import EscSweepError
+    # deferred: rich (~0.15 s): importing esc_sweep.cli (its help text, tests) stays light; main pays it once
     from esc_sweep.console import console
-    from rich.markup import escape
+    from rich.markup import escape  # deferred: as above
 
     _sigterm_as_interrupt()
     if sys.argv[1:2] in (["--version"], ["-V"]):
@@ -124,15 +122,13 @@ def main() -> None:
         print(subcommands_help(), flush=True)
     try:
         if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-            import importlib
-
             importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:])
             return
         check_overrides(sys.argv[1:])
     except EscSweepError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
-    from esc_sweep.app.train import main as train
+    from esc_sweep.app.train import main as train  # deferred: training app (~0.6 s, then torch): not for subcommands
 
     try:
         train()

@@ -8,6 +8,7 @@
 - decoded waveforms: ``dataset.cache_dir``, else ``$ESC_SWEEP_CACHE``, else ``~/.cache/esc_sweep/waveforms``
 - computed features (CPU runs): ``<waveform cache>/features``
 - downloaded datasets: ``dataset.download_dir``, else ``~/.cache/esc_sweep/datasets``
+- downloaded pretrained weights (``model.weights=<URL>``): ``$ESC_SWEEP_WEIGHTS``, else ``~/.cache/esc_sweep/weights``
 
 Relative locations are taken from the folder the user ran the command in
 (Hydra may change into its output folder). Imports nothing heavy.
@@ -24,6 +25,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR / "conf"
 DEFAULT_WAVEFORM_CACHE = "~/.cache/esc_sweep/waveforms"
 DEFAULT_DOWNLOAD_DIR = "~/.cache/esc_sweep/datasets"
+DEFAULT_WEIGHTS_DIR = "~/.cache/esc_sweep/weights"
 
 
 def expand(path: str | Path) -> Path:
@@ -32,7 +34,7 @@ def expand(path: str | Path) -> Path:
 
 def original_cwd() -> Path:
     """The directory the user ran the command in (Hydra may change into its output dir)."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.6 s) — paths is imported by every CLI path
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.cwd)
@@ -74,6 +76,11 @@ def feature_cache_dir(cache_dir: Optional[str] = None) -> Path:
 
 def download_dir(configured: Optional[str] = None) -> Path:
     return expand(configured or DEFAULT_DOWNLOAD_DIR)
+
+
+def weights_cache_dir() -> Path:
+    """Downloaded pretrained weights: ``$ESC_SWEEP_WEIGHTS``, else ``~/.cache/esc_sweep/weights``."""
+    return expand(os.environ.get("ESC_SWEEP_WEIGHTS") or DEFAULT_WEIGHTS_DIR)
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -16,6 +16,8 @@ import ctypes
 import os
 import sys
 
+from esc_sweep.errors import ConfigError
+
 
 def configure() -> None:
     # Must run before torch loads its OpenMP runtime; a user's own setting wins.
@@ -33,9 +35,7 @@ def configure() -> None:
 
 def pick_device(name: str):
     """``trainer.device``: ``auto`` is the first GPU when there is one, else the CPU."""
-    import torch
-
-    from esc_sweep.errors import ConfigError
+    import torch  # deferred: torch (~3 s), and configure() must run before torch loads
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,7 +48,7 @@ def pick_device(name: str):
 
 
 def seed_everything(seed: int, deterministic: bool, compile: bool = False) -> None:
-    import torch
+    import torch  # deferred: torch (~3 s), and configure() must run before torch loads
 
     torch.manual_seed(seed)
     if deterministic:

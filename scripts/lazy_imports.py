@@ -64,6 +64,20 @@ def function_level_imports(path: Path) -> list[tuple[int, str, str]]:
     return sorted(set(found))
 
 
+LOADED = """
+import importlib, json, sys
+importlib.import_module({owner!r})
+print(json.dumps([t for t in {targets!r} if t in sys.modules]))
+"""
+
+
+def already_loaded(owner: str, targets: list[str]) -> set[str]:
+    """The targets importing ``owner`` loads anyway (hoisting them costs nothing)."""
+    out = subprocess.run([sys.executable, "-c", LOADED.format(owner=owner, targets=targets)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    return set(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else set()
+
+
 def cost(owner: str, target: str) -> str:
     probe = PROBE.format(owner=owner, target=target)
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -77,9 +91,13 @@ def main() -> None:
     rows = []
     for path in sorted(PACKAGE.rglob("*.py")):
         owner = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        for line, target, comment in function_level_imports(path):
+        found = function_level_imports(path)
+        if not found:
+            continue
+        loaded = already_loaded(owner, sorted({target for _, target, _ in found}))
+        for line, target, comment in found:
             rows.append({"file": str(path.relative_to(REPO)), "line": line, "module": target,
-                         "cost": cost(owner, target), "comment": comment})
+                         "cost": "loaded" if target in loaded else cost(owner, target), "comment": comment})
             print(f"{rows[-1]['file']}:{line}  {target}  {rows[-1]['cost']}  # {comment}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -17,6 +17,7 @@ import socketserver
 from pathlib import Path
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from esc_sweep.app.serve import serve_until_interrupted
 from esc_sweep.errors import EscSweepError
 
 HOST = "127.0.0.1"
@@ -49,9 +50,10 @@ def main(argv: list[str]) -> None:
     if not 0 <= args.port <= 65535:
         raise EscSweepError(f"--port {args.port}: must be between 0 and 65535")
     try:
-        import optuna_dashboard
+        import optuna_dashboard  # deferred: optional extra [dashboard] (~17 s measured, loaded machine)
     except ImportError:
         raise EscSweepError(INSTALL_HINT) from None
+    # deferred: esc_sweep.sweep.storage imports optuna (~1.2 s) — a missing extra or a bad --port fails first
     from esc_sweep.sweep.storage import local_file, mask_url, open_storage, url_for
 
     url = url_for(args.storage, Path.cwd())
@@ -71,6 +73,4 @@ def main(argv: list[str]) -> None:
     # On stdout (tests and scripts read the port from it when --port 0).
     print(f"esc-sweep dashboard: {mask_url(url)}: {len(names)} studies ({shown or 'none yet'})", flush=True)
     print(f"Serving optuna-dashboard on http://{HOST}:{port}/ (Ctrl-C to stop)", flush=True)
-    from esc_sweep.app.serve import serve_until_interrupted
-
     serve_until_interrupted(server)

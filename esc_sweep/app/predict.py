@@ -3,7 +3,10 @@
 Each file is decoded (any format soundfile reads, any sample rate, any number
 of channels), mixed to mono and resampled to the bundle's rate; longer
 recordings are cut into clip-length windows whose probabilities are averaged
-(see ``Bundle.predict``). The top-k labels per file are printed as a table, or
+(see ``Bundle.predict``). ``--tta N`` classifies N evenly spaced crops of each
+window and averages them (default: the bundle's ``trainer.tta_crops``); a fold
+ensemble bundle (``bundle_ensemble/``) averages its fold models. The top-k
+labels per file are printed as a table, or
 written as JSON or CSV. A file that cannot be read is reported and skipped; the
 others are still predicted (exit 2 at the end). ``--output`` is written
 atomically and never over an input or any audio file; CSV to the terminal
@@ -100,8 +103,9 @@ def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None,
 
     ``on_record`` sees each record as soon as it exists (streamed output).
     """
+    # deferred: rich progress bars (~0.2 s), only when predicting (serve imports this module for collect_files)
     from esc_sweep.console import console
-    from rich.progress import Progress
+    from rich.progress import Progress  # deferred: as above
 
     records = []
     with Progress(console=console, transient=True, disable=len(files) < 5) as progress:
@@ -128,6 +132,8 @@ def render_json(bundle: Any, records: list[dict[str, Any]]) -> str:
         "bundle": bundle.source,
         "model": bundle.describe(),
         "class_names": bundle.class_names,
+        "models": bundle.num_members,
+        "tta_crops": bundle.tta_crops,
         "predictions": records,
     }
     return json.dumps(document, indent=2) + "\n"
@@ -151,7 +157,7 @@ def write_csv_rows(writer, record: dict[str, Any]) -> None:
 
 
 def render_table(bundle: Any, records: list[dict[str, Any]]):
-    from rich.table import Table
+    from rich.table import Table  # deferred: rich (~0.2 s), only for the table format
 
     table = Table(title=f"Predictions ({bundle.describe()})")
     table.add_column("file", overflow="fold")
@@ -199,7 +205,7 @@ def check_output(output: Optional[str], files: list[Path]) -> None:
 
 
 def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: Optional[str]) -> None:
-    from rich.console import Console
+    from rich.console import Console  # deferred: rich (~0.2 s), only for the table format
 
     if fmt == "json":
         text = render_json(bundle, records)
@@ -217,7 +223,7 @@ def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: O
         sys.stdout.flush()
         return
     atomic_write_text(Path(output).expanduser(), text)
-    from esc_sweep.console import console
+    from esc_sweep.console import console  # deferred: rich (~0.2 s), only after writing --output
 
     console.print(f"wrote predictions for {len(records)} file(s) to {output}")
 
@@ -240,6 +246,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=f"refuse recordings longer than this (default {PREDICT_MAX_SECONDS:g} s; "
                              "read from the header, before decoding)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--tta", type=int, default=None, metavar="N",
+                        help="test-time crops per window, probabilities averaged (0 or 1: off; "
+                             "default: the bundle's trainer.tta_crops)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI for run ids (default: as training)")
     return parser.parse_args(argv)
 
@@ -248,11 +257,13 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.top_k < 1:
         raise EscSweepError(f"--top-k {args.top_k}: must be at least 1")
-    from esc_sweep.bundle import load_bundle
+    if args.tta is not None and args.tta < 0:
+        raise EscSweepError(f"--tta {args.tta}: must be 0 (off) or a number of crops")
+    from esc_sweep.bundle import load_bundle  # deferred: the bundle loader and models (~0.75 s): bad args fail first
 
     files = collect_files(args.inputs)  # before loading the model: bad paths fail fast
     check_output(args.output, files)
-    bundle = load_bundle(args.bundle, device=args.device, tracking_uri=args.tracking_uri)
+    bundle = load_bundle(args.bundle, device=args.device, tracking_uri=args.tracking_uri, tta_crops=args.tta)
     stream = None
     if args.format == "csv" and args.output is None:  # CSV to the terminal streams: each row as its file is done
         writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -23,27 +23,38 @@ def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)
     columns = ["fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"]
     if inner:
         columns.insert(2, "inner acc")
+    # Test-time crops (trainer.tta_crops): the multi-crop accuracy beside the single view.
+    tta = all(getattr(f, "val_acc_tta", None) is not None for f in cv.folds)
+    if tta:
+        columns.insert(2, "val acc TTA")
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
 
-    def row(*cells, inner_cell="", **style):
+    def row(*cells, inner_cell="", tta_cell="", **style):
         cells = list(cells)
         if inner:
             cells.insert(2, inner_cell)
+        if tta:
+            cells.insert(2, tta_cell)
         table.add_row(*cells, **style)
 
     for f in cv.folds:
         row(str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
             f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
-            inner_cell=_pct(f.inner_acc) if f.inner_acc is not None else "-")
+            inner_cell=_pct(f.inner_acc) if f.inner_acc is not None else "-",
+            tta_cell=_pct(f.val_acc_tta) if tta else "")
     s = cv.summary()
     table.add_section()
     row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
         f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "", f"{cv.seconds:.0f}", style="bold",
-        inner_cell=_pct(s["cv_inner_acc_mean"]) if "cv_inner_acc_mean" in s else "")
+        inner_cell=_pct(s["cv_inner_acc_mean"]) if "cv_inner_acc_mean" in s else "",
+        tta_cell=_pct(s["cv_val_acc_tta_mean"]) if "cv_val_acc_tta_mean" in s else "")
+    if len(cv.folds) < 2:  # one fold has no spread to show
+        return table
     row("± std", _pct(s["cv_val_acc_std"]), _pct(s["cv_train_acc_std"]), _pct(s["cv_gap_std"]),
         f"{s['cv_val_f1_std']:.3f}", f"{s['cv_val_loss_std']:.3f}", "", "",
-        inner_cell=_pct(s["cv_inner_acc_std"]) if "cv_inner_acc_std" in s else "")
+        inner_cell=_pct(s["cv_inner_acc_std"]) if "cv_inner_acc_std" in s else "",
+        tta_cell=_pct(s["cv_val_acc_tta_std"]) if "cv_val_acc_tta_std" in s else "")
     return table
 
 

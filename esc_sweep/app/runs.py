@@ -55,8 +55,12 @@ def _date(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M") if ms else "-"
 
 
+def _fold_count(folds: str) -> int:
+    return len([f for f in folds.split(",") if f.strip()])
+
+
 def _folds(folds: str) -> str:
-    count = len([f for f in folds.split(",") if f.strip()])
+    count = _fold_count(folds)
     return f"{folds} ({count})" if count > 1 else folds
 
 
@@ -83,18 +87,24 @@ def group_table(group, show_experiment: bool = False) -> Table:
     table.add_column("gap", justify="right")
     table.add_column("date", no_wrap=True)
     table.add_column("run", no_wrap=True)
-    for rank, run in enumerate(group.runs, 1):
-        cells = [str(rank) if group.ranked else "-", escape(run.model), escape(run.features)]
+    rank = 0
+    for run in group.runs:
+        rank += run.ranked  # pruned runs and runs without a mean are listed unranked
+        cells = [str(rank) if run.ranked else "-", escape(run.model), escape(run.features)]
         if show_experiment:
             cells.append(escape(run.experiment))
         cells += [escape(run.recipe), escape(_folds(run.folds)), escape(run.num_classes), escape(run.selection),
-                  _accuracy(run.val_acc_mean, run.val_acc_std), _gap(run.gap_mean), _date(run.start_time),
+                  # One fold has no spread: "± 0.0%" would claim a certainty nobody measured.
+                  "pruned" if run.pruned else _accuracy(run.val_acc_mean,
+                                                        run.val_acc_std if _fold_count(run.folds) > 1 else math.nan),
+                  "-" if run.pruned else _gap(run.gap_mean), _date(run.start_time),
                   run.run_id[:RUN_ID_PREFIX]]
         table.add_row(*cells)
     return table
 
 
 def main(argv: Sequence[str]) -> None:
+    # deferred: esc_sweep.tracking.runs_table imports mlflow (~8 s) — `esc-sweep runs --help` must not pay for it
     from esc_sweep.tracking.runs_table import DEFAULT_EXPERIMENT, comparable_groups, finished_cv_runs
 
     args = parse_args(argv)
@@ -107,8 +117,10 @@ def main(argv: Sequence[str]) -> None:
         return
     groups = comparable_groups(runs)
     ranked = sum(1 for g in groups if g.ranked)
-    out.print(f"{len(runs)} finished cross-validation run(s) in {escape(where)}, {ranked} comparable group(s); "
-              "runs are ranked only within their group")
+    pruned = sum(run.pruned for run in runs)
+    out.print(f"{len(runs)} finished cross-validation run(s) in {escape(where)}"
+              f"{f' ({pruned} pruned sweep trials, listed but not ranked)' if pruned else ''}, "
+              f"{ranked} comparable group(s); runs are ranked only within their group")
     for group in groups:
         out.print()
         out.print(group_table(group, show_experiment=args.all_experiments))

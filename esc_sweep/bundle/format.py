@@ -11,7 +11,18 @@ and the app writes a bundle folder:
       metrics.json  the full cross-validation result (per fold, confusion, histories)
 
 to the run's output folder and, when MLflow tracking is on, as the artifact
-folder ``bundle/`` of the run. This module writes and reads those files and
+folder ``bundle/`` of the run. With ``trainer.save_fold_ensemble=true`` (the
+default) the fold models of the cross-validation are saved beside it, no extra
+training, as a fold ensemble whose predictions average theirs:
+
+    bundle_ensemble/
+      members/fold<k>.pt   state_dict of the model trained without fold k
+      bundle.json          as above (format version 2), plus "members": one record
+                           per model: {"fold", "weights", "trained_on_folds"}
+      metrics.json         the cross-validation result
+
+A bundle without "members" is a single model (version 1, as before), so every
+bundle written earlier still loads. This module writes and reads those files and
 finds a bundle from what a user names (a folder or an MLflow run id);
 ``esc_sweep.bundle.predictor`` turns one into a model ready to predict.
 """
@@ -22,29 +33,37 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from esc_sweep.errors import BundleError
+from esc_sweep.models import front_end_record, portable_model_config
+from esc_sweep.paths import write_text_atomically
 
 log = logging.getLogger("esc_sweep")
 
 BUNDLE_FORMAT = "esc_sweep-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 1  # a single model (model.pt)
+ENSEMBLE_VERSION = 2  # a fold ensemble ("members" in bundle.json): older esc_sweep refuses it, asking for an upgrade
+READABLE_VERSION = ENSEMBLE_VERSION  # the newest this code reads
 BUNDLE_DIR = "bundle"  # folder name on disk and artifact path in MLflow
+ENSEMBLE_DIR = "bundle_ensemble"  # the fold ensemble, beside the final-fit bundle
 WEIGHTS_FILE = "model.pt"
+MEMBERS_DIR = "members"  # a fold ensemble's weights: members/fold<k>.pt
 META_FILE = "bundle.json"
 METRICS_FILE = "metrics.json"
 
 # MLflow run ids are uuid4 hex strings; "runs:/<id>[/...]" URIs are accepted too.
-_RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/.*)?$")
+# "runs:/<id>/bundle_ensemble" names the run's fold ensemble instead of its bundle.
+_RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-f]{32})(?:/(.*))?$")
 
 
 def save_bundle(
@@ -64,10 +83,29 @@ def save_bundle(
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
     torch.save(state, directory / WEIGHTS_FILE)
+    meta = bundle_meta(state, cfg, class_names, cv, training, run_id)
+    (directory / META_FILE).write_text(json.dumps(_json_safe(meta), indent=2))
+    if cv is not None:
+        (directory / METRICS_FILE).write_text(json.dumps(_json_safe(cv.to_dict()), indent=2))
+    return directory
+
+
+def bundle_meta(
+    state: dict[str, torch.Tensor],
+    cfg: DictConfig,
+    class_names: Sequence[str],
+    cv: Any = None,
+    training: Optional[dict[str, Any]] = None,
+    run_id: Optional[str] = None,
+) -> dict[str, Any]:
+    """The contents of ``bundle.json`` for a model with weights ``state`` (one model of an ensemble)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     # A bundle must not start a download when it is loaded somewhere else.
     config["model"]["pretrained"] = False
-    meta = {
+    # Pretrained weights (model.weights) are inside model.pt now: record their source and front end only.
+    front_end = front_end_record(config)
+    config["model"] = portable_model_config(config["model"])
+    return {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -78,11 +116,50 @@ def save_bundle(
         "per_class_accuracy": cv.per_class_accuracy() if cv is not None else {},
         "training": training or {},
         "mlflow_run_id": run_id,
+        "front_end": front_end,
     }
-    (directory / META_FILE).write_text(json.dumps(_json_safe(meta), indent=2))
+
+
+def save_ensemble_bundle(
+    directory: Path,
+    members: Mapping[int, dict[str, torch.Tensor]],
+    cfg: DictConfig,
+    class_names: Sequence[str],
+    cv: Any = None,
+    run_id: Optional[str] = None,
+) -> Path:
+    """Write the fold models of a cross-validation (``{fold: state_dict}``) as one bundle.
+
+    ``bundle.json`` lists them under ``members``: the weights file of each and the folds it
+    was trained on (every fold but its own), so whoever scores the ensemble can tell which
+    clips none of its members has seen. Each file is written whole or not at all.
+    """
+    if len(members) < 1:
+        raise BundleError("a fold ensemble needs at least one fold model")
+    directory = Path(directory)
+    (directory / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
+    all_folds = list(range(1, int(cfg.dataset.num_folds) + 1))
+    records = []
+    for fold, state in sorted(members.items()):
+        name = f"{MEMBERS_DIR}/fold{fold}.pt"
+        _save_atomically({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, directory / name)
+        records.append({"fold": int(fold), "weights": name, "trained_on_folds": [f for f in all_folds if f != fold]})
+    first = next(iter(members.values()))
+    meta = bundle_meta(first, cfg, class_names, cv, {"kind": "fold_ensemble", "members": len(records)}, run_id)
+    meta.update(version=ENSEMBLE_VERSION, members=records)
     if cv is not None:
-        (directory / METRICS_FILE).write_text(json.dumps(_json_safe(cv.to_dict()), indent=2))
+        write_text_atomically(directory / METRICS_FILE, json.dumps(_json_safe(cv.to_dict()), indent=2))
+    write_text_atomically(directory / META_FILE, json.dumps(_json_safe(meta), indent=2))  # last: marks it complete
     return directory
+
+
+def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json_safe(value: Any) -> Any:
@@ -119,12 +196,13 @@ def bundle_directory(source: Union[str, Path], tracking_uri: Optional[str] = Non
             f"model bundle {text!r} not found: give a bundle folder (<run output dir>/{BUNDLE_DIR}, "
             f"written by trainer.final_fit=true) or an MLflow run id"
         )
-    from esc_sweep.tracking.artifacts import download_run_folder  # MLflow: only for run ids
+    from esc_sweep.tracking.artifacts import download_run_folder  # deferred: MLflow (~8 s), only for run ids
 
+    folder = ENSEMBLE_DIR if (match.group(2) or "").strip("/") == ENSEMBLE_DIR else BUNDLE_DIR
     with tempfile.TemporaryDirectory(prefix="esc_sweep-bundle-") as tmp:
         local = download_run_folder(
-            match.group(1), BUNDLE_DIR, Path(tmp), tracking_uri,
-            missing=f"MLflow run {match.group(1)} has no '{BUNDLE_DIR}/' artifact: bundles are logged by runs "
+            match.group(1), folder, Path(tmp), tracking_uri,
+            missing=f"MLflow run {match.group(1)} has no '{folder}/' artifact: bundles are logged by runs "
                     f"trained with trainer.final_fit=true (the cross-validation run, not a fold's run)",
             error=BundleError,
         )
@@ -136,7 +214,7 @@ def _local_bundle_dir(path: Path) -> Path:
         path = path.parent
     for candidate in (path, path / BUNDLE_DIR):
         if (candidate / META_FILE).is_file():
-            if not (candidate / WEIGHTS_FILE).is_file():
+            if not (candidate / WEIGHTS_FILE).is_file() and not (candidate / MEMBERS_DIR).is_dir():
                 raise BundleError(f"bundle {candidate} has no {WEIGHTS_FILE}: it is incomplete, train it again")
             return candidate
     raise BundleError(
@@ -157,27 +235,46 @@ def read_meta(directory: Path) -> dict[str, Any]:
         raise BundleError(f"cannot read {Path(directory) / META_FILE}: {err}") from None
     if meta.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{Path(directory) / META_FILE} is not an esc_sweep bundle description")
-    if int(meta.get("version", 0)) > BUNDLE_VERSION:
+    if int(meta.get("version", 0)) > READABLE_VERSION:
         raise BundleError(
             f"bundle {directory} has format version {meta['version']}; this esc_sweep reads up to "
-            f"{BUNDLE_VERSION}: upgrade esc_sweep"
+            f"{READABLE_VERSION}: upgrade esc_sweep"
         )
     return meta
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def read_weights(directory: Path, name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """The state dict in file ``name`` of the bundle (``model.pt``, or a member's ``members/fold<k>.pt``)."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise BundleError(f"bundle {directory} has no {name}: it is incomplete, save it again")
     try:
-        return torch.load(Path(directory) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors of a damaged file
-        raise BundleError(f"cannot read weights {Path(directory) / WEIGHTS_FILE}: {_first_line(err)}") from None
+        raise BundleError(f"cannot read weights {path}: {_first_line(err)}") from None
+
+
+def read_member_weights(directory: Path, meta: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The state dicts a bundle holds: one for a single model, one per fold model of an ensemble."""
+    members = meta.get("members")
+    if not members:
+        return [read_weights(directory)]
+    root = Path(directory).resolve()
+    for member in members:
+        if not (root / member["weights"]).resolve().is_relative_to(root):
+            raise BundleError(f"bundle {directory}: member weights {member['weights']!r} lie outside the bundle")
+    return [read_weights(directory, member["weights"]) for member in members]
 
 
 def read_init_weights(source: Union[str, Path]):
     """``model.init_from``: the weights of the bundle ``source`` names, for ``models.init_from``."""
-    from esc_sweep.training.loop import InitWeights
+    from esc_sweep.training.loop import InitWeights  # deferred: the trainer, which loading a bundle never needs
 
     with bundle_directory(source) as directory:
         meta = read_meta(directory)
+        if meta.get("members"):
+            raise BundleError(f"model.init_from={source}: a fold ensemble has {len(meta['members'])} models; "
+                              f"start from a single-model bundle (the run's {BUNDLE_DIR}/ folder)")
         state = read_weights(directory)
     model = meta["config"]["model"]
     return InitWeights(state=state, source=str(source), model_name=model["name"], width=model.get("width"))

@@ -1,4 +1,9 @@
-"""A bundle in memory: the classifier, its front end and class names, ready to predict."""
+"""A bundle in memory: the classifier, its front end and class names, ready to predict.
+
+A fold ensemble (``members`` in bundle.json) loads as ``FoldEnsemble``, a module that
+stands in for one classifier; test-time crops (``Bundle.tta_crops``, default the
+bundle's ``trainer.tta_crops``) wrap whichever model it is.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from esc_sweep.bundle.format import METRICS_FILE, bundle_directory, read_meta, read_weights
+from esc_sweep.bundle.ensemble import FoldEnsemble
+from esc_sweep.bundle.format import METRICS_FILE, bundle_directory, read_member_weights, read_meta
 from esc_sweep.config import FeaturesConfig, ModelConfig
 from esc_sweep.errors import BundleError
 from esc_sweep.features.transforms import build_features
 from esc_sweep.models import create_model
 from esc_sweep.runtime import pick_device
+from esc_sweep.training.tta import averaged_log_probabilities, crop_length
 
 
 def _section(schema: type, values: dict[str, Any]) -> Any:
@@ -38,6 +45,7 @@ class Bundle:
     meta: dict[str, Any]  # bundle.json
     metrics: Optional[dict[str, Any]]  # metrics.json (full CV result), when present
     device: torch.device
+    tta_crops: int = 0  # test-time crops per clip-length window (0/1: the whole window once)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -58,6 +66,28 @@ class Bundle:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def num_members(self) -> int:
+        """Models averaged: the folds of an ensemble, else 1."""
+        return len(self.meta.get("members") or []) or 1
+
+    def tta_crop_frames(self, total: int) -> int:
+        """Frames per test-time crop of a clip-length window of ``total`` frames (see esc_sweep.training.tta).
+
+        ``total`` comes from the spectrogram itself: frame counts differ between front ends
+        (centred STFT frames vs Kaldi's whole windows).
+        """
+        features = self.config["features"]
+        crop_seconds = float((self.config.get("augmentation") or {}).get("crop_seconds") or 0.0)
+        return crop_length(total, crop_seconds, self.sample_rate / int(features["hop_length"]))
+
+    def _scores(self, spectrograms: torch.Tensor) -> torch.Tensor:
+        """Logits (or log-probabilities, which softmax alike) of clip-length spectrograms, with test-time crops."""
+        if self.tta_crops > 1:
+            frames = min(self.tta_crop_frames(spectrograms.shape[-1]), spectrograms.shape[-1])
+            return averaged_log_probabilities(self.model, spectrograms, self.tta_crops, frames)
+        return self.model(spectrograms).float()
 
     @torch.inference_mode()
     def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -82,7 +112,7 @@ class Bundle:
         real = torch.clamp(length - torch.arange(num_windows) * clip, 0, clip).double() / clip
         probabilities = []
         for chunk in windows.split(batch_size):
-            logits = self.model(self.spectrogram(chunk)).float()
+            logits = self._scores(self.spectrogram(chunk))
             probabilities.append(torch.softmax(logits, dim=1).cpu())
         per_window = torch.cat(probabilities).double().reshape(rows, num_windows, -1)
         weights = (real / real.sum()).reshape(1, num_windows, 1)
@@ -102,7 +132,7 @@ class Bundle:
 
         def flush():
             nonlocal sums
-            logits = self.model(self.spectrogram(torch.stack(batch))).float()
+            logits = self._scores(self.spectrogram(torch.stack(batch)))
             probabilities = torch.softmax(logits, dim=1).cpu().double()
             real = []
             for i in range(len(batch)):
@@ -136,9 +166,13 @@ class Bundle:
         cv = self.meta.get("cv") or {}
         acc = cv.get("cv_val_acc_mean")
         model = self.config["model"]["name"]
+        if self.num_members > 1:
+            model = f"fold ensemble of {self.num_members} {model}"
         text = f"{model}, {self.num_classes} classes, {self.clip_seconds:g} s clips at {self.sample_rate} Hz"
         if acc is not None:
             text += f", CV accuracy {100 * acc:.1f}%"
+        if self.tta_crops > 1:
+            text += f", {self.tta_crops}-crop test-time averaging"
         return text
 
 
@@ -152,12 +186,16 @@ def _as_batch(waveforms: Union[torch.Tensor, np.ndarray]) -> torch.Tensor:
 
 
 def load_bundle(
-    source: Union[str, Path], device: Union[str, torch.device] = "cpu", tracking_uri: Optional[str] = None
+    source: Union[str, Path], device: Union[str, torch.device] = "cpu", tracking_uri: Optional[str] = None,
+    tta_crops: Optional[int] = None,
 ) -> Bundle:
-    """Load a bundle folder or the bundle of an MLflow run id, ready to predict."""
+    """Load a bundle folder or the bundle of an MLflow run id, ready to predict.
+
+    ``tta_crops``: test-time crops per window; None takes the bundle's ``trainer.tta_crops`` (0 when absent).
+    """
     with bundle_directory(source, tracking_uri) as directory:
         meta = read_meta(directory)
-        state = read_weights(directory)
+        states = read_member_weights(directory, meta)
         metrics_path = directory / METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
     config = meta["config"]
@@ -165,14 +203,22 @@ def load_bundle(
     features_cfg = _section(FeaturesConfig, config["features"])
     model_cfg.pretrained = False
     model_cfg.init_from = None
-    model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
-    mismatch = _state_mismatch(model, state)
-    if mismatch:
-        raise BundleError(
-            f"bundle {source}: its weights do not fit a {model_cfg.name} built by this esc_sweep ({mismatch}); "
-            f"was it saved by a version with a different model architecture?"
-        )
-    model.load_state_dict(state)
+    models = []
+    for state in states:
+        model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
+        mismatch = _state_mismatch(model, state)
+        if mismatch:
+            raise BundleError(
+                f"bundle {source}: its weights do not fit a {model_cfg.name} built by this esc_sweep ({mismatch}); "
+                f"was it saved by a version with a different model architecture?"
+            )
+        model.load_state_dict(state)
+        models.append(model)
+    model = FoldEnsemble(models) if meta.get("members") else models[0]
+    if tta_crops is None:
+        tta_crops = int((config.get("trainer") or {}).get("tta_crops") or 0)
+    if tta_crops < 0:
+        raise BundleError(f"test-time crops must be >= 0, got {tta_crops}")
     device = pick_device(str(device)) if isinstance(device, str) else device
     return Bundle(
         source=str(source),
@@ -182,6 +228,7 @@ def load_bundle(
         meta=meta,
         metrics=metrics,
         device=device,
+        tta_crops=tta_crops,
     )
 
 

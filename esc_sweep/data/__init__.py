@@ -9,6 +9,7 @@ loader: ``esc50`` (the ESC-50 layout), ``synthetic`` (generated tones) or
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -81,14 +82,17 @@ def load_clipset(dataset: Any, sample_rate: int, progress: bool = True) -> ClipS
     if sample_rate <= 0:
         raise DataError(f"sample rate must be > 0, got {sample_rate}: set features.sample_rate")
     if kind == "esc50":
+        # deferred: esc_sweep.data.esc50 imports this module (cycle); it also costs ~0.5 s
         from esc_sweep.data.esc50 import load_esc50
 
         return load_esc50(dataset, sample_rate, progress=progress)
     if kind == "synthetic":
+        # deferred: esc_sweep.data.synthetic imports this module (cycle); it also costs ~0.3 s
         from esc_sweep.data.synthetic import load_synthetic
 
         return load_synthetic(dataset, sample_rate)
     if kind == "folder":
+        # deferred: esc_sweep.data.folder imports this module (cycle); it also costs ~0.3 s
         from esc_sweep.data.folder import load_folder
 
         return load_folder(dataset, sample_rate, progress=progress)
@@ -145,8 +149,6 @@ def _check_class_names(requested: Sequence[str], valid: Sequence[str], where: st
     valid_set = set(valid)
     unknown = [c for c in requested if c not in valid_set]
     if unknown:
-        import difflib
-
         close = [m for c in unknown for m in difflib.get_close_matches(c, sorted(valid_set), n=1, cutoff=0.6)]
         # Close matches (typos) first, then the alphabetically first names.
         examples = ", ".join(list(dict.fromkeys(close + sorted(valid_set)))[:6])

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from esc_sweep.console import phase
 from esc_sweep.data import audio
 from esc_sweep.data.files import open_regular, refuse_same_files
 from esc_sweep.paths import waveform_cache_dir
@@ -216,21 +216,17 @@ def decode_all(
         wave = audio.decode(paths[i], sample_rate, num_samples)
         out[i] = wave.clamp_(-_F16_MAX, _F16_MAX).to(torch.float16)
 
-    bar = _progress_bar(progress)
-    lock = threading.Lock()
     # Resampling inside many threads each using all intra-op threads thrashes
     # small machines; one intra-op thread per worker is enough.
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with bar if bar is not None else _nullcontext():
-            task = bar.add_task(description, total=n) if bar is not None else None
+        # A bar with an ETA on a terminal, else a plain line now and then (esc_sweep.console.phase).
+        with phase(description, n, enabled=progress, unit="files") as bar:
 
             def job(i: int) -> None:
                 work(i)
-                if bar is not None:
-                    with lock:
-                        bar.advance(task)
+                bar.advance()  # thread-safe
 
             pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
             try:
@@ -316,33 +312,3 @@ def _write_meta(target: Path, clip_ids: list, sample_rate: int, num_samples: int
         json.dump(info, fh)
     os.chmod(tmp, 0o644)
     os.replace(tmp, meta)
-
-
-def _progress_bar(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

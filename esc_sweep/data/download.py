@@ -84,14 +84,14 @@ def ensure_esc50(dataset: Any, progress: bool = True) -> Path:
     return extract_dir / relative
 
 
-def normalize_sha256(value: Optional[str]) -> Optional[str]:
+def normalize_sha256(value: Optional[str], key: str = "dataset.archive_sha256") -> Optional[str]:
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip().lower()
     if text.startswith("sha256:"):
         text = text[len("sha256:") :]
     if not re.fullmatch(r"[0-9a-f]{64}", text):
-        raise DownloadError(f"dataset.archive_sha256={value!r} is not a sha256 hex digest (64 hex digits)")
+        raise DownloadError(f"{key}={value!r} is not a sha256 hex digest (64 hex digits)")
     return text
 
 
@@ -110,12 +110,18 @@ def download_file(
     progress: bool = True,
     description: str = "Downloading",
     timeout: float = 60.0,
+    hint: Optional[str] = None,
+    checksum_key: str = "dataset.archive_sha256",
 ) -> Path:
-    """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, return ``dest``."""
+    """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, return ``dest``.
+
+    ``hint`` (what to do when the server cannot be reached) and ``checksum_key`` (the
+    config key of ``sha256``) word the errors for callers other than the dataset download.
+    """
     dest = Path(dest)
-    sha256 = normalize_sha256(sha256)
+    sha256 = normalize_sha256(sha256, checksum_key)
     if dest.is_file():
-        _verify(dest, url, sha256)
+        _verify(dest, url, sha256, checksum_key)
         return dest
     part = dest.with_name(dest.name + ".part")
     try:
@@ -125,23 +131,26 @@ def download_file(
 
     for attempt in range(2):
         offset = part.stat().st_size if part.is_file() else 0
-        if _fetch(url, part, offset, progress, description, timeout):
+        if _fetch(url, part, offset, progress, description, timeout, hint):
             break
         # The server could not resume from our offset: start over once.
         part.unlink(missing_ok=True)
         if attempt == 1:
             raise DownloadError(f"download of {url} could not be resumed or restarted: delete {part} and retry")
-    _verify(part, url, sha256)
+    _verify(part, url, sha256, checksum_key)
     os.replace(part, dest)
     return dest
 
 
-def _fetch(url: str, part: Path, offset: int, progress: bool, description: str, timeout: float) -> bool:
+def _fetch(
+    url: str, part: Path, offset: int, progress: bool, description: str, timeout: float, hint: Optional[str] = None
+) -> bool:
     """Append the missing bytes to ``part``. False when the partial file must be discarded."""
     headers = {"User-Agent": "esc_sweep", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    hint = f"rerun to resume from {part}" if offset or part.exists() else "check the network or set dataset.root / ESC50_ROOT"
+    source_hint = hint or "check dataset.url or set dataset.root / ESC50_ROOT"
+    hint = f"rerun to resume from {part}" if offset or part.exists() else (hint or "check the network or set dataset.root / ESC50_ROOT")
     try:
         resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as exc:
@@ -150,7 +159,7 @@ def _fetch(url: str, part: Path, offset: int, progress: bool, description: str, 
             exc.close()
             return bool(m) and int(m.group(1)) == offset  # already complete, or restart
         raise DownloadError(
-            f"download of {url} failed: HTTP {exc.code} {exc.reason}; check dataset.url or set dataset.root / ESC50_ROOT"
+            f"download of {url} failed: HTTP {exc.code} {exc.reason}; {source_hint}"
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -191,7 +200,7 @@ def _fetch(url: str, part: Path, offset: int, progress: bool, description: str, 
     return True
 
 
-def _verify(path: Path, url: str, sha256: Optional[str]) -> None:
+def _verify(path: Path, url: str, sha256: Optional[str], key: str = "dataset.archive_sha256") -> None:
     if sha256 is None:
         return
     actual = file_sha256(path)
@@ -199,7 +208,7 @@ def _verify(path: Path, url: str, sha256: Optional[str]) -> None:
         path.unlink(missing_ok=True)
         raise DownloadError(
             f"checksum mismatch for {path} (from {url}): expected sha256 {sha256}, got {actual}; the file was "
-            f"deleted: fix dataset.archive_sha256 or retry the download"
+            f"deleted: fix {key} or retry the download"
         )
 
 
@@ -261,7 +270,7 @@ def find_dataset_root(folder: Path, max_depth: int = 3) -> Path:
 def _bar(enabled: bool):
     if not enabled:
         return None
-    from rich.progress import (
+    from rich.progress import (  # deferred: rich.progress (~0.2 s), only when a download shows a bar
         BarColumn,
         DownloadColumn,
         Progress,

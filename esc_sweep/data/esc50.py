@@ -25,6 +25,7 @@ from esc_sweep.data import (
 from esc_sweep.data import audio as audio_mod
 from esc_sweep.data.cache import content_digests, default_cache_dir, load_waveforms
 from esc_sweep.data.csvfile import read_csv_rows
+from esc_sweep.data.download import ensure_esc50
 from esc_sweep.errors import DataError
 
 
@@ -62,8 +63,6 @@ def resolve_root(dataset: Any, progress: bool = True) -> Path:
     if not root:
         if not bool(_opt(dataset, "download", False)):
             raise DataError(NOT_FOUND)
-        from esc_sweep.data.download import ensure_esc50
-
         return ensure_esc50(dataset, progress=progress)
     path = Path(os.path.expandvars(os.path.expanduser(str(root))))
     if not path.is_dir():

@@ -145,7 +145,7 @@ def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str
 
 def stratified_folds(labels: list[int], num_folds: int, where: str) -> list[int]:
     """Fold (1..num_folds) per clip, stratified by label, seed 0."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold  # deferred: scikit-learn (~5 s), only for folders without folds
 
     counts: dict[int, int] = {}
     for t in labels:

@@ -1,4 +1,4 @@
-"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames].
+"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames] (kind: mel|mfcc|stft|fbank).
 
 Small nn.Modules in the spirit of torchaudio.transforms, so they run batched on
 whatever device the waveforms live on. Normalisation is not done here: it
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torchaudio
+import torchaudio.compliance.kaldi
 from torch import nn
 
 from esc_sweep.config import FeaturesConfig
@@ -27,6 +28,9 @@ class LogMel(nn.Module):
             f_max=cfg.f_max,
             n_mels=cfg.n_mels,
             power=2.0,
+            # slaney: librosa's filters (Slaney scale, area-normalised), what PANNs were trained with
+            mel_scale=getattr(cfg, "mel_scale", "htk"),
+            norm="slaney" if getattr(cfg, "mel_scale", "htk") == "slaney" else None,
         )
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=cfg.top_db)
 
@@ -60,7 +64,53 @@ class LogSpectrogram(nn.Module):
         return self.to_db(self.spec(waveforms).unsqueeze(1))
 
 
-_FEATURES = {"mel": LogMel, "mfcc": MFCC, "stft": LogSpectrogram}
+class KaldiFbank(nn.Module):
+    """Kaldi-compatible log-mel filter bank, as ``ASTFeatureExtractor`` computes it: [B, 1, n_mels, frames].
+
+    ``torchaudio.compliance.kaldi.fbank`` with Kaldi's defaults (DC removal, pre-emphasis 0.97, mel
+    triangles in the mel domain, natural log of the power, no dither) and AST's Hann window. The window is
+    ``win_length`` samples (``n_fft`` if unset; 400 = 25 ms at 16 kHz, Kaldi's default), zero-padded to the
+    next power of two (Kaldi's ``round_to_power_of_two``, so ``features.n_fft`` must be that size); the
+    shift is ``hop_length``. Frames are not centred (Kaldi's ``snip_edges``): a clip of T samples gives
+    1 + (T - window) // hop frames. Values are natural-log energies, not decibels, and neither ``top_db``
+    nor ``mel_scale`` applies.
+    """
+
+    def __init__(self, cfg: FeaturesConfig):
+        super().__init__()
+        window = cfg.win_length or cfg.n_fft
+        self.options = dict(
+            sample_frequency=float(cfg.sample_rate),
+            frame_length=_kaldi_milliseconds(window, cfg.sample_rate),
+            frame_shift=_kaldi_milliseconds(cfg.hop_length, cfg.sample_rate),
+            num_mel_bins=cfg.n_mels,
+            low_freq=float(cfg.f_min),
+            high_freq=float(cfg.f_max or 0.0),  # Kaldi: 0 means the Nyquist frequency
+            window_type="hanning",
+            dither=0.0,  # ASTFeatureExtractor's call leaves the rest at kaldi.fbank's defaults, as here
+            use_energy=False,
+        )
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        # kaldi.fbank takes one waveform at a time, so this loops over the batch in Python. It runs once,
+        # when the spectrograms are precomputed (features.precompute=true, the default), not in the training
+        # loop; with features.precompute=false it would run every batch, slower than the batched kinds.
+        clips = [
+            torchaudio.compliance.kaldi.fbank(wave.unsqueeze(0).float(), **self.options).T
+            for wave in waveforms
+        ]
+        return torch.stack(clips).unsqueeze(1)
+
+
+def _kaldi_milliseconds(samples: int, sample_rate: int) -> float:
+    """A length in samples as the milliseconds kaldi.fbank takes, which it turns back with int(sr * ms / 1000).
+
+    Half a sample extra keeps that int() from rounding 1024 samples at 32 kHz down to 1023.
+    """
+    return (samples + 0.5) * 1000.0 / sample_rate
+
+
+_FEATURES = {"mel": LogMel, "mfcc": MFCC, "stft": LogSpectrogram, "fbank": KaldiFbank}
 
 
 def build_features(cfg: FeaturesConfig) -> nn.Module:
@@ -69,7 +119,9 @@ def build_features(cfg: FeaturesConfig) -> nn.Module:
 
 def feature_shape(cfg: FeaturesConfig, num_samples: int) -> tuple[int, int]:
     """(frequency bins, frames) that ``build_features(cfg)`` produces for a clip."""
-    bins = {"mel": cfg.n_mels, "mfcc": cfg.n_mfcc, "stft": cfg.n_fft // 2 + 1}[cfg.kind]
+    bins = {"mel": cfg.n_mels, "mfcc": cfg.n_mfcc, "stft": cfg.n_fft // 2 + 1, "fbank": cfg.n_mels}[cfg.kind]
+    if cfg.kind == "fbank":  # Kaldi frames are not centred: only whole windows inside the clip
+        return bins, max(0, 1 + (num_samples - (cfg.win_length or cfg.n_fft)) // cfg.hop_length)
     return bins, num_samples // cfg.hop_length + 1
 
 

@@ -10,7 +10,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-_FREQUENCY_AXIS = {"mel": "mel band", "mfcc": "MFCC coefficient", "stft": "frequency bin"}
+_FREQUENCY_AXIS = {"mel": "mel band", "mfcc": "MFCC coefficient", "stft": "frequency bin", "fbank": "mel band"}
+# What the colour bar measures: Kaldi fbank is a natural log, MFCCs have no unit.
+_VALUE_LABEL = {"mfcc": "", "fbank": "ln energy"}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -43,7 +45,7 @@ def spectrogram_figure(
     fig = _figure(8, 3.2)
     ax = fig.add_subplot()
     image = _draw_spectrogram(ax, spectrogram, sample_rate, hop_length, kind)
-    fig.colorbar(image, ax=ax, label="dB" if kind != "mfcc" else "")
+    fig.colorbar(image, ax=ax, label=_VALUE_LABEL.get(kind, "dB"))
     ax.set_title(title or f"log-{kind} spectrogram")
     return fig
 
@@ -110,7 +112,7 @@ def spectrogram_grid_figure(spectrograms: torch.Tensor, sample_rate: int, hop_le
             ax.xaxis.label.set_fontsize(7)
             ax.yaxis.label.set_fontsize(7)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="dB" if kind != "mfcc" else "")
+        fig.colorbar(image, ax=axes, shrink=0.6, label=_VALUE_LABEL.get(kind, "dB"))
     fig.suptitle(f"Log-{kind} spectrograms per class")
     return fig
 

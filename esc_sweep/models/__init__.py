@@ -1,21 +1,30 @@
 """Model registry: ``create_model(cfg, num_classes)``, like timm's.
 
-Names registered here (``baseline_cnn``) are built by esc_sweep; any other
-name goes to ``timm.create_model`` with one input channel. Every model is
+Names registered here are built by esc_sweep: ``baseline_cnn``, the
+audio-pretrained families ``panns_cnn6/10/14`` (``panns.py``),
+``efficientat_mn01 ... mn10`` (``mobilenet.py``) and ``hf`` (any transformers
+spectrogram classifier, ``hf.py``); any other name goes to
+``timm.create_model`` with one input channel. ``model.weights`` loads
+pretrained weights into a registered family (``weights.py``). Every model is
 wrapped in ``Classifier``, which standardises the input spectrogram with
-statistics it stores, so a saved model is self-contained.
+statistics it stores, so a saved model is self-contained, and which freezes
+the backbone for ``model.finetune=linear_probe`` / ``freeze_then_unfreeze``.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from esc_sweep.config import ModelConfig
 from esc_sweep.errors import ConfigError, EscSweepError
+from esc_sweep.models import panns
 from esc_sweep.models.baseline import BaselineCNN
+from esc_sweep.models.hf import architecture_config, build_hf  # imports transformers itself, only when called
+from esc_sweep.models.init_from import classifier_head_names
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -29,8 +38,61 @@ def register_model(name: str):
 
 
 @register_model("baseline_cnn")
-def _baseline_cnn(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def _baseline_cnn(cfg: ModelConfig, num_classes: int, num_bins: int) -> nn.Module:
     return BaselineCNN(num_classes, width=cfg.width, dropout=cfg.dropout)
+
+
+def _with_weights(backbone: nn.Module, cfg: ModelConfig, convert: Callable[[dict], dict]) -> nn.Module:
+    """Load ``model.weights`` (a file, URL or named checkpoint) into ``backbone`` through ``convert``."""
+    if cfg.weights:
+        # deferred: esc_sweep.models.weights imports torchvision (~4 s), only when weights are loaded
+        from esc_sweep.models.weights import load_pretrained, read_checkpoint, resolve_weights
+
+        path = resolve_weights(cfg.weights, cfg.weights_sha256)
+        load_pretrained(backbone, read_checkpoint(path), convert, source=str(cfg.weights))
+    return backbone
+
+
+def _panns(arch: str):
+    def build(cfg: ModelConfig, num_classes: int, num_bins: int) -> nn.Module:
+        model = panns.PANN(arch, num_classes, n_mels=num_bins, width=cfg.width, dropout=cfg.dropout)
+        return _with_weights(model, cfg, panns.convert_state_dict)
+
+    return build
+
+
+for _arch in panns.ARCHITECTURES:
+    register_model(f"panns_{_arch}")(_panns(_arch))
+
+
+def _efficientat(name: str):
+    def build(cfg: ModelConfig, num_classes: int, num_bins: int) -> nn.Module:
+        from esc_sweep.models import mobilenet  # deferred: imports torchvision (~4 s): only when this family is picked
+
+        model = mobilenet.MobileNetAudio(num_classes, width_mult=mobilenet.width_of(name), dropout=cfg.dropout)
+        return _with_weights(model, cfg, mobilenet.convert_state_dict)
+
+    return build
+
+
+for _name in ("mn01", "mn02", "mn04", "mn05", "mn10"):
+    register_model(f"efficientat_{_name}")(_efficientat(_name))
+
+
+@register_model("hf")
+def _hf(cfg: ModelConfig, num_classes: int, num_bins: int) -> nn.Module:
+    source = None
+    if cfg.weights:
+        from esc_sweep.models.weights import resolve_weights  # deferred: torchvision (~4 s), see _with_weights
+
+        # A local folder is used as is; anything else that is not a file we know is a hub id.
+        local = Path(str(cfg.weights)).expanduser()
+        source = str(resolve_weights(cfg.weights)) if local.exists() else str(cfg.weights)
+    model = build_hf(cfg, num_classes, source)
+    if model.model.config.num_mel_bins != num_bins:
+        raise ConfigError(f"features.n_mels={num_bins}: model.name=hf ({cfg.weights or 'model.kwargs.hf_config'}) "
+                          f"reads {model.model.config.num_mel_bins} mel bins; set features.n_mels to match")
+    return model
 
 
 def list_models() -> list[str]:
@@ -65,21 +127,53 @@ class Standardize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Standardize, then the backbone: decibel spectrogram [B, 1, F, T] -> logits."""
+    """Standardize, then the backbone: decibel spectrogram [B, 1, F, T] -> logits.
+
+    ``freeze_backbone(True)`` trains only the classifier head: the other
+    parameters stop requiring gradients (so no backward pass runs through them)
+    and the backbone's batch-norm statistics stay as loaded (it stays in eval
+    mode while the head trains). ``unfreeze_epoch`` is read by the optimizer
+    (``training.optim``) for ``model.finetune=freeze_then_unfreeze``.
+    """
 
     def __init__(self, standardize: Standardize, backbone: nn.Module):
         super().__init__()
         self.standardize = standardize
         self.backbone = backbone
+        self.frozen = False
+        self.finetune = "full"
+        self.unfreeze_epoch = 0
+
+    def head_parameter_names(self) -> set[str]:
+        return classifier_head_names(self)
+
+    def freeze_backbone(self, frozen: bool) -> None:
+        self.frozen = frozen
+        head = self.head_parameter_names()
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in head or not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if mode and self.frozen:
+            self.backbone.eval()
+            head = self.backbone.get_classifier() if hasattr(self.backbone, "get_classifier") else None
+            if isinstance(head, nn.Module):
+                head.train()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.standardize(x))
 
 
-def create_backbone(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64) -> nn.Module:
     if cfg.name in _REGISTRY:
-        return _REGISTRY[cfg.name](cfg, num_classes)
-    import timm
+        return _REGISTRY[cfg.name](cfg, num_classes, num_bins)
+    if getattr(cfg, "weights", None):
+        raise ConfigError(f"model.weights={cfg.weights}: loads into esc_sweep's families "
+                          f"({', '.join(list_models())}); for timm models use model.pretrained or model.init_from")
+    import timm  # deferred: timm (~6 s), only when a timm model is picked
 
     if not timm.is_model(cfg.name):
         close = timm.list_models(f"*{cfg.name.split('_')[0]}*")[:5]
@@ -107,7 +201,53 @@ def create_backbone(cfg: ModelConfig, num_classes: int) -> nn.Module:
 
 
 def create_model(cfg: ModelConfig, num_classes: int, normalize: str, num_bins: int) -> Classifier:
-    return Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes))
+    model = Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes, num_bins))
+    finetune = getattr(cfg, "finetune", "full")
+    model.finetune = finetune
+    if finetune in ("linear_probe", "freeze_then_unfreeze"):
+        if not model.head_parameter_names():
+            raise ConfigError(f"model.finetune={finetune}: {cfg.name!r} has no classifier head esc_sweep can find")
+        model.freeze_backbone(True)
+        model.unfreeze_epoch = int(cfg.unfreeze_epoch) if finetune == "freeze_then_unfreeze" else 0
+    return model
+
+
+def portable_model_config(model_cfg: dict) -> dict:
+    """The model section for a saved bundle: rebuilds the architecture without fetching any weights.
+
+    The trained weights are in the bundle (``front_end_record`` keeps where the pretrained ones
+    came from); an HF model keeps its architecture in ``model.kwargs.hf_config``, read from the
+    checkpoint's config (local folder or the Hugging Face cache, both present after training).
+    """
+    portable = dict(model_cfg)
+    weights = portable.get("weights")
+    portable["weights"], portable["weights_sha256"] = None, None
+    if portable.get("name") == "hf" and weights:
+        portable["kwargs"] = {**dict(portable.get("kwargs") or {}), "hf_config": architecture_config(str(weights))}
+    return portable
+
+
+FRONT_END_KEYS = ("kind", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "f_min", "f_max",
+                  "top_db", "mel_scale", "normalize")
+
+
+def front_end_record(config: dict) -> dict:
+    """What a bundle records of its front end: the features used, what the weights expected, their source."""
+    features = config.get("features", {})
+    model = config.get("model", {})
+    return {
+        "features": {k: features.get(k) for k in FRONT_END_KEYS if k in features},
+        "expected_by_weights": dict(model.get("front_end") or {}),
+        "weights": model.get("weights"),
+        "weights_sha256": model.get("weights_sha256"),
+        "finetune": model.get("finetune", "full"),
+    }
+
+
+def front_end_mismatches(model: nn.Module, features: Any) -> dict[str, tuple[Any, Any]]:
+    """What a loaded HF checkpoint's own feature extractor expects, against ``features.*``."""
+    expected = getattr(getattr(model, "backbone", model), "expected_front_end", {})
+    return {k: (getattr(features, k, None), v) for k, v in expected.items() if getattr(features, k, None) != v}
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.errors import ConfigError
+from esc_sweep.sweep.storage import open_storage
 
 # Steps per fold when epochs are reported too (see the module docstring).
 EPOCH_STRIDE = 1000
@@ -37,8 +38,6 @@ _STORAGES: dict[str, optuna.storages.BaseStorage] = {}
 
 def get_storage(url: str) -> optuna.storages.BaseStorage:
     if url not in _STORAGES:
-        from esc_sweep.sweep.storage import open_storage
-
         _STORAGES[url] = open_storage(url)
     return _STORAGES[url]
 
@@ -74,7 +73,7 @@ def _resource(value: Any) -> int | str:
 
 def _pruner_spec_from_hydra() -> Mapping[str, Any] | None:
     """The pruner config of the sweeper that launched this job, when Hydra runs it."""
-    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.2 s), only inside a Hydra job
 
     if not HydraConfig.initialized():
         return None
@@ -130,6 +129,10 @@ class TrialReporter(Callback):
         self.trial.set_user_attr("test_fold_acc_mean", statistics.fmean(self.test_accs))
         self.trial.set_user_attr("epochs_trained", self.epochs_trained)
         folds_done = len(self.fold_accs)
+        # The spread over folds of what the objective averages, for the sweeper's "trial N COMPLETE" line.
+        self.trial.set_user_attr("folds_done", folds_done)
+        if folds_done > 1:
+            self.trial.set_user_attr("objective_std", statistics.stdev(self.fold_accs))
         step = folds_done * (EPOCH_STRIDE if self.report_epochs else 1)
         self._report(statistics.fmean(self.fold_accs), step, f"{folds_done} fold(s)")
 

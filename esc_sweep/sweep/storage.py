@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import logging
 import re
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
@@ -63,8 +65,6 @@ def normalize_url(url: str) -> str:
     psycopg2 installed (our dev dependency) that fails, so name psycopg2.
     """
     if url.startswith(("postgresql://", "postgres://")):
-        import importlib.util
-
         if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
             return "postgresql+psycopg2://" + url.split("://", 1)[1]
     return url
@@ -151,8 +151,6 @@ def open_storage(url: str | None, heartbeat_interval: int = 0, grace_period: int
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if url.startswith(JOURNAL):
                 assert path is not None
-                from optuna.storages.journal import JournalFileBackend
-
                 with open(path, "ab"):  # fails now, with the reason, if the file cannot be written
                     pass
                 return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
@@ -209,7 +207,7 @@ def study_lock(url: str | None, study_name: str | None) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
     if url.startswith(("postgresql", "postgres")):
-        import sqlalchemy
+        import sqlalchemy  # deferred: sqlalchemy (~0.5 s), only for PostgreSQL storages
 
         key = int.from_bytes(hashlib.sha1(f"esc_sweep:{study_name}".encode()).digest()[:8], "big", signed=True)
         engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)

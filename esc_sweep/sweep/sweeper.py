@@ -43,12 +43,14 @@ killed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
 import math
 import re
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -61,6 +63,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, distribution_to_json
+from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
@@ -263,7 +266,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             self._run_trials(study, distributions, fixed_params, fixed_overrides, directions)
         except BaseException:
             if self.parent_run_id:
-                from esc_sweep.tracking.study_run import end_study_run
+                from esc_sweep.tracking.study_run import end_study_run  # deferred: mlflow (~5 s)
 
                 try:
                     end_study_run(self.parent_run_id, "KILLED")
@@ -356,6 +359,12 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             jobs.append((trial, overrides))
         if not jobs:
             return
+        if self.has_identity:
+            # One short line per trial instead of the launcher's echo of every override (internal
+            # sweep.* keys and floats with all their digits included).
+            _report.hide_launch_echo()
+            for trial, _ in jobs:
+                log.info("%s", _report.trial_start_line(trial.number, trial.params))
         with _storage.Heartbeat(self.liveness, [trial._trial_id for trial, _ in jobs]):
             # The job number is the trial number: unique across resumes and
             # workers, so jobs never share an output folder.
@@ -438,7 +447,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         except RuntimeError as err:  # the grid sampler stops the study once its grid is covered
             if "Study.stop" not in str(err):
                 raise
-        log.info("trial %d COMPLETE: %s", trial.number, values if len(values) > 1 else values[0])
+        log.info("%s", _report.trial_result_line(trial.number, values, _trial_attrs(study, trial),
+                                                 _metric_names(study)))
 
     def _objective_values(self, trial: optuna.Trial, returned: Any, directions: list[str]) -> list[float]:
         try:
@@ -600,6 +610,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         task_cfg = self.config
         if not OmegaConf.select(task_cfg, "tracking.enabled", default=False):
             return None
+        # deferred: esc_sweep.tracking.study_run imports mlflow (~5 s): only sweeps that track pay for it
         from esc_sweep.tracking.study_run import get_or_create_study_run
 
         run_id = get_or_create_study_run(task_cfg, study.study_name)
@@ -650,8 +661,6 @@ def _legacy_differences(study: optuna.Study, space: dict[str, Any], distribution
 
 def _reseed_random_states(obj: Any, seed: int, depth: int) -> None:
     """Seed every Optuna LazyRandomState held by a sampler and its inner samplers."""
-    from optuna.samplers._lazy_random_state import LazyRandomState
-
     for index, value in enumerate(vars(obj).values()):
         if isinstance(value, LazyRandomState):
             value.rng.seed((seed + index) % 2**32)
@@ -683,13 +692,27 @@ def _deferred_ctrl_c() -> Iterator[None]:
 def _free_accelerator_memory() -> None:
     """With the basic launcher trials run in this process: hand the GPU memory of
     a finished (or out-of-memory) trial back before the next one starts."""
-    import gc
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def _trial_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
+    """The user attributes the job recorded (the reporter's fold count and spread), as stored."""
+    try:
+        return dict(study._storage.get_trial(trial._trial_id).user_attrs)
+    except Exception:  # a log line is not worth failing the sweep over
+        return {}
+
+
+def _metric_names(study: optuna.Study) -> list[str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return list(study.metric_names or [])
+        except Exception:
+            return []
 
 
 def _is_pruned(error: Any) -> bool:

@@ -18,7 +18,7 @@ def _first_line(err: BaseException) -> str:
 def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str,
                metrics: Optional[Mapping[str, Any]] = None) -> None:
     """Copy ``folder`` to ``artifact_path`` of an existing (possibly ended) run, with finite ``metrics``."""
-    from esc_sweep.tracking.client import _client
+    from esc_sweep.tracking.client import _client  # deferred: mlflow (~4 s)
 
     client = _client(uri)
     client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
@@ -30,11 +30,11 @@ def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str,
 def log_files(paths: Sequence[Path], artifact_path: str, run_id: Optional[str] = None,
               tracking_uri: Optional[str] = None) -> Optional[str]:
     """Log files to ``artifact_path`` of ``run_id``, else of the active MLflow run; returns the run id used."""
-    import mlflow
+    import mlflow  # deferred: mlflow (~4 s): importing this module (plots, bundles) must stay light
 
     if run_id:
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+        from mlflow.exceptions import MlflowException  # deferred: mlflow, as above
+        from mlflow.tracking import MlflowClient  # deferred: mlflow, as above
 
         uri = tracking_uri or resolve_tracking_uri()
         client = MlflowClient(uri)
@@ -56,9 +56,9 @@ def log_files(paths: Sequence[Path], artifact_path: str, run_id: Optional[str] =
 def download_run_folder(run_id: str, artifact_path: str, destination: Path, tracking_uri: Optional[str],
                         *, missing: str, error: type[EscSweepError] = EscSweepError) -> Path:
     """Download ``artifact_path`` of ``run_id`` into ``destination``; ``error(missing)`` when it has none."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    import mlflow  # deferred: mlflow (~4 s): only bundles given as run ids need it
+    from mlflow.exceptions import MlflowException  # deferred: mlflow, as above
+    from mlflow.tracking import MlflowClient  # deferred: mlflow, as above
 
     uri = tracking_uri or resolve_tracking_uri()
     problem = server_problem(uri) if is_server(uri) else None

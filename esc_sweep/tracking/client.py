@@ -28,6 +28,13 @@ STUDY_TAG = "esc_sweep.study"
 TRIAL_TAG = "esc_sweep.trial"
 FOLD_TAG = "fold"
 ERROR_TAG = "esc_sweep.error"
+# How a CV run ended: finished | pruned | failed | interrupted. A pruned sweep trial's runs end
+# FINISHED (MLflow has no PRUNED status; KILLED looks like a failure) with esc_sweep.status=pruned,
+# esc_sweep.pruned=true and " · pruned" at the end of the run name.
+STATUS_TAG = "esc_sweep.status"
+PRUNED_TAG = "esc_sweep.pruned"
+PRUNED_SUFFIX = " · pruned"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # Key in the fold-checkpoint state under which the CV run id survives an interruption.
 STATE_KEY = "mlflow_parent_run_id"
 # MLflow 3 opens an experiment on its GenAI overview unless this tag says it holds model training

@@ -59,9 +59,13 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     _MAX_PARAM_LENGTH,
     ERROR_TAG,
     FOLD_TAG,
+    NOTE_TAG,
     PARENT_TAG,
+    PRUNED_SUFFIX,
+    PRUNED_TAG,
     ROLE_TAG,
     STATE_KEY,
+    STATUS_TAG,
     TRIAL_TAG,
     _client,
     _default_artifact_location,
@@ -75,11 +79,12 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     display_value,
     git_commit,
 )
-from esc_sweep.tracking.labels import run_labels, run_name
+from esc_sweep.tracking.labels import FOLDS_TAG, run_labels, run_name
+from esc_sweep.tracking.system_metrics import start_system_metrics
 
 # Per-fold values the CV run logs with step = fold number, beside their means (cv_<key>_mean).
-# inner_acc: only with trainer.validation=inner.
-PER_FOLD_KEYS = ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss", "inner_acc")
+# inner_acc: only with trainer.validation=inner; val_acc_tta: only with trainer.tta_crops > 1.
+PER_FOLD_KEYS = ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss", "inner_acc", "val_acc_tta")
 TOP_CONFUSED_PAIRS = 20
 # --------------------------------------------------------------------------
 # Params and tags
@@ -110,7 +115,7 @@ def group_choices(cfg: Any) -> dict[str, str]:
     """
     choices = {group: str(OmegaConf.select(cfg, key)) for group, key in _GROUP_FALLBACKS.items()}
     try:
-        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.6 s), only inside a Hydra job
 
         if HydraConfig.initialized():
             runtime = HydraConfig.get().runtime.choices
@@ -122,7 +127,7 @@ def group_choices(cfg: Any) -> dict[str, str]:
 
 def _hydra_overrides() -> str | None:
     try:
-        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.6 s), only inside a Hydra job
 
         if HydraConfig.initialized():
             return " ".join(HydraConfig.get().overrides.task)
@@ -173,6 +178,15 @@ def _numeric(values: Mapping[str, Any], skip: Iterable[str] = ("epoch",)) -> dic
 # The callback
 
 
+def runs_table_path(experiment_id: str) -> str:
+    """The UI route of an experiment's runs table, in the "Model training" view.
+
+    MLflow 3.17's UI opens every experiment in its GenAI view (traces) unless the URL
+    asks for the machine-learning one; the experiment-kind tag alone is not enough.
+    """
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 class MlflowTracker(Callback):
     """Logs a cross-validation to MLflow: one CV run, one child run per fold.
 
@@ -197,6 +211,7 @@ class MlflowTracker(Callback):
         self._earlier_fold_runs: dict[int, list] = {}  # fold runs of an interrupted attempt
         self._model: torch.nn.Module | None = None
         self._num_parameters: int | None = None
+        self._system_metrics = None  # CPU/memory/GPU sampler of the CV run (tracking.system_metrics)
 
     # ---- CV start: open (or reopen) the CV run
 
@@ -250,6 +265,9 @@ class MlflowTracker(Callback):
         else:
             self.parent_run_id = self._create_parent(environment.get("git_commit"))
         self._parent_open = True
+        self._system_metrics = start_system_metrics(
+            self.parent_run_id, self.tracking_uri, bool(OmegaConf.select(cfg, "tracking.system_metrics", default=True)),
+            resume=self._resumed)
         if checkpoints is not None:
             checkpoints.update_state(**{STATE_KEY: self.parent_run_id})
 
@@ -284,6 +302,11 @@ class MlflowTracker(Callback):
             return None  # another store (tracking.uri changed) or deleted for good
         same_parent = run.data.tags.get(PARENT_TAG) == (self.cfg.sweep.parent_run_id or None)
         if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id or not same_parent:
+            return None
+        # Only the same command continues a run. A finished run stays as it is, and a run over
+        # other folds (e.g. fold 1 alone after all five) is a new run that may reuse finished
+        # folds: merged into the old one, it would make a 1-fold and a 5-fold run one record.
+        if run.info.status == "FINISHED" or run.data.tags.get(FOLDS_TAG) != self._tags.get(FOLDS_TAG):
             return None
         return run
 
@@ -394,9 +417,11 @@ class MlflowTracker(Callback):
         if val_accs:
             best_acc, best_epoch = max(val_accs, key=lambda pair: (pair[0], -pair[1]))
             finals.update(best_val_acc=best_acc, best_epoch=best_epoch)
+        if result.val_acc_tta is not None:
+            finals["final_val_acc_tta"] = result.val_acc_tta
         _log_metrics(self.client, run_id, finals, step=result.epochs)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
-        from esc_sweep.figures import results as figures  # matplotlib: imported when the first figure is drawn
+        from esc_sweep.figures import results as figures  # deferred: matplotlib (~3 s), until a figure is drawn
         # The fold's confusion matrix goes to the CV run too, so it shows all of them in one place.
         figure = figures.confusion_matrix_figure(result.confusion, self._class_names, f"fold {result.fold}")
         with tempfile.TemporaryDirectory() as tmp:
@@ -435,7 +460,7 @@ class MlflowTracker(Callback):
         self._log_per_fold_series(result)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
 
-        from esc_sweep.figures import results as figures
+        from esc_sweep.figures import results as figures  # deferred: matplotlib (~3 s), see above
 
         names = result.class_names
         _log_figure(self.client, run_id,
@@ -459,8 +484,17 @@ class MlflowTracker(Callback):
         histories = {f.fold: f.history for f in result.folds if f.history}
         if histories:
             _log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
+        self._stop_system_metrics()
+        self.client.set_tag(run_id, STATUS_TAG, "finished")
         self.client.set_terminated(run_id, "FINISHED")
         self._parent_open = False
+        log.info("MLflow: run %s; in `mlflow ui` (or the server), the runs table is %s", run_id,
+                 runs_table_path(self.experiment_id))
+
+    def _stop_system_metrics(self) -> None:
+        sampler, self._system_metrics = self._system_metrics, None
+        if sampler is not None:
+            sampler.stop()
 
     def _log_per_fold_series(self, result: CVResult) -> None:
         """``val_acc`` etc. of each fold at step = fold number: on the CV run's charts they line up with the mean."""
@@ -481,24 +515,45 @@ class MlflowTracker(Callback):
     # ---- failures
 
     def on_exception(self, error: BaseException) -> None:
-        """End every open run: KILLED for Ctrl-C (and pruned trials), FAILED otherwise."""
+        """End every open run: KILLED for Ctrl-C, FAILED for an error, and a pruned sweep trial
+        FINISHED but marked pruned (MLflow has no PRUNED status, and KILLED reads as a failure).
+
+        Each CV run ends with the tag ``esc_sweep.status``: finished, pruned, failed or interrupted.
+        """
+        self._stop_system_metrics()
         if self.client is None:
             return
-        interrupted = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "TrialPruned"
-        status = RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED)
+        pruned = type(error).__name__ == "TrialPruned"
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if pruned:
+            status, outcome = RunStatus.to_string(RunStatus.FINISHED), "pruned"
+        elif interrupted:
+            status, outcome = RunStatus.to_string(RunStatus.KILLED), "interrupted"
+        else:
+            status, outcome = RunStatus.to_string(RunStatus.FAILED), "failed"
         message = f"{type(error).__name__}: {error}"[:5000]
         open_runs = list(self._fold_runs.values()) + ([self.parent_run_id] if self._parent_open else [])
         for run_id in open_runs:
             try:
-                if not interrupted:
+                if pruned:
+                    self._mark_pruned(run_id, str(error))
+                elif not interrupted:
                     self.client.set_tag(run_id, ERROR_TAG, message)
-                elif type(error).__name__ == "TrialPruned":
-                    self.client.set_tag(run_id, "esc_sweep.pruned", "true")
+                self.client.set_tag(run_id, STATUS_TAG, outcome)
                 self.client.set_terminated(run_id, status)
             except Exception as cleanup_error:  # never hide the error that stopped the run
-                log.warning("MLflow: could not mark run %s %s: %s", run_id, status, cleanup_error)
+                log.warning("MLflow: could not mark run %s %s: %s", run_id, outcome, cleanup_error)
         self._fold_runs.clear()
         self._parent_open = False
+
+    def _mark_pruned(self, run_id: str, reason: str) -> None:
+        """Tags, name and description that say "pruned" wherever the run is shown."""
+        self.client.set_tag(run_id, PRUNED_TAG, "true")
+        self.client.set_tag(run_id, NOTE_TAG, f"Pruned by the sweep's pruner ({reason or 'no reason given'}): "
+                                              "stopped early on purpose, not a failure; not a finished estimate.")
+        name = self.client.get_run(run_id).info.run_name or ""
+        if not name.endswith(PRUNED_SUFFIX):
+            self.client.update_run(run_id, name=f"{name}{PRUNED_SUFFIX}" if name else PRUNED_SUFFIX.strip(" ·"))
 
     # ---- for later steps (final fit)
 

@@ -71,7 +71,7 @@ def selection_protocol(cfg: Any) -> str:
 def recipe(cfg: Any) -> str:
     """The ``experiment`` config chosen on the command line (Hydra's choice), or ``none``."""
     try:
-        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.3 s), only inside a Hydra job
 
         if HydraConfig.initialized():
             choice = HydraConfig.get().runtime.choices.get("experiment")

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 
 from esc_sweep.errors import TrackingError
 from esc_sweep.tracking import labels as L
-from esc_sweep.tracking.client import ROLE_TAG, _client
+from esc_sweep.tracking.client import PRUNED_TAG, ROLE_TAG, STATUS_TAG, _client
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "esc_sweep"
@@ -46,10 +46,11 @@ class CVRun:
     val_acc_std: float
     gap_mean: float
     start_time: int  # ms since the epoch
+    pruned: bool = False  # a sweep trial stopped early by its pruner: listed, never ranked
 
     @property
     def ranked(self) -> bool:
-        return self.compare_key is not None and math.isfinite(self.val_acc_mean)
+        return self.compare_key is not None and math.isfinite(self.val_acc_mean) and not self.pruned
 
 
 @dataclass
@@ -99,6 +100,7 @@ def _row(run: Any, experiment: str) -> CVRun:
         val_acc_std=_metric(metrics, "cv_val_acc_std"),
         gap_mean=_metric(metrics, "cv_gap_mean"),
         start_time=int(run.info.start_time or 0),
+        pruned=tags.get(STATUS_TAG) == "pruned" or tags.get(PRUNED_TAG) == "true",
     )
 
 
@@ -116,6 +118,9 @@ def _check_store(uri: str) -> None:
 def finished_cv_runs(tracking_uri: Optional[str] = None, experiment: Optional[str] = DEFAULT_EXPERIMENT,
                      all_experiments: bool = False) -> list[CVRun]:
     """Every FINISHED CV run (tag ``esc_sweep.role=cv``) of ``experiment``, or of every experiment.
+
+    Pruned sweep trials end FINISHED too (with ``esc_sweep.status=pruned``): they are
+    returned with ``pruned=True`` and never ranked.
 
     ``tracking_uri`` defaults to the training's store (``tracking.uri`` aside:
     ``$MLFLOW_TRACKING_URI``, else ``./mlruns/mlflow.db``).
@@ -151,15 +156,16 @@ def comparable_groups(runs: Iterable[CVRun]) -> list[RunGroup]:
     """Runs grouped by comparability key, best first within a group.
 
     Groups with a key come first, the most recently active first; runs
-    without a key (older runs) last, newest first and unranked.
+    without a key (older runs) last, newest first and unranked. Within a group
+    the ranked runs come first, best first; pruned runs and runs without a mean
+    accuracy follow, newest first.
     """
     by_key: dict[Optional[str], RunGroup] = {}
     for run in runs:
         by_key.setdefault(run.compare_key, RunGroup(run.compare_key)).runs.append(run)
     for group in by_key.values():
         if group.ranked:
-            group.runs.sort(key=lambda r: (-(r.val_acc_mean if math.isfinite(r.val_acc_mean) else -1.0),
-                                           -r.start_time))
+            group.runs.sort(key=lambda r: (not r.ranked, -(r.val_acc_mean if r.ranked else 0.0), -r.start_time))
         else:
             group.runs.sort(key=lambda r: -r.start_time)
     keyed = sorted((g for g in by_key.values() if g.ranked), key=lambda g: -g.latest)

@@ -8,6 +8,7 @@ in the background.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def server_problem(uri: str) -> str | None:
 
     Seconds, not MLflow's minutes of retries.
     """
-    import requests
+    import requests  # deferred: requests (~1.2 s), only for tracking servers
 
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
@@ -68,8 +69,6 @@ def check_store(uri: str) -> None:
     """
     if not uri.startswith("sqlite:///"):
         return
-    import sqlite3
-
     path = Path(uri[len("sqlite:///"):]).expanduser()
     fix = "fix tracking.uri / $MLFLOW_TRACKING_URI, or unset both to track into ./mlruns"
     if path.is_dir():

@@ -5,6 +5,12 @@ results (the config minus tracking/display knobs, plus the dataset
 fingerprint). Finished folds are saved there as JSON; a rerun of the same
 command skips them. A cross-validation that completed is marked so, and the
 next identical run starts afresh instead of replaying it.
+
+A fold in training is also saved part-way, every ``trainer.checkpoint_every``
+epochs (``FoldProgress``): weights, EMA, optimizer, schedule, history and every
+random-number state the remaining epochs draw from, so the same command resumes
+inside the fold and ends with the numbers an uninterrupted run gets. That file
+goes once the fold's result is saved.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from esc_sweep.training.results import FoldResult
@@ -25,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # Keys that do not change what a fold computes.
 _IGNORED_KEYS = ("tracking", "trainer.progress", "trainer.resume", "trainer.checkpoint_dir",
-                 "trainer.folds", "trainer.final_fit", "sweep.parent_run_id", "task_name")
+                 "trainer.folds", "trainer.final_fit", "trainer.parallel_folds", "trainer.checkpoint_every",
+                 "sweep.parent_run_id", "task_name")
 
 
 def config_key(cfg: Any, fingerprint: str) -> str:
@@ -44,6 +55,73 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)  # atomic: a kill never leaves half a file
+
+
+# Bump when the saved training state changes shape: a file of another format is then ignored.
+PROGRESS_FORMAT = 1
+
+# The MLflow tracker updates state.json from the thread it was built on while the training
+# thread may too: each read-modify-write holds this lock, so neither update is lost.
+_STATE_LOCK = threading.Lock()
+
+
+class FoldProgress:
+    """One fold's training state, saved part-way so an interrupted run resumes inside the fold.
+
+    ``every``: save after every that many epochs (``trainer.checkpoint_every``). With 0 nothing
+    is saved, but a state saved earlier is still resumed: saving never changes a fold's numbers.
+    """
+
+    def __init__(self, path: Path, fold: int, every: int = 0):
+        self.path, self.fold, self.every = Path(path), fold, every
+
+    def due(self, epoch: int) -> bool:
+        """Whether to save after ``epoch`` (counted from 1)."""
+        return self.every > 0 and epoch % self.every == 0
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        torch.save({"format": PROGRESS_FORMAT, **state}, tmp)
+        os.replace(tmp, self.path)  # atomic: a kill leaves the previous save whole
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state (tensors on the CPU); None when absent or unreadable (the fold then starts over)."""
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT:
+                raise ValueError(f"not a format-{PROGRESS_FORMAT} training state")
+        except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways (zip, pickle, EOF): all mean start over
+            log.warning("fold %d: the state saved part-way, %s, is unreadable (%s: %s); training the fold from "
+                        "the start", self.fold, self.path, type(exc).__name__, exc)
+            return None
+        return state
+
+    def saved_epoch(self) -> int | None:
+        """The last epoch the saved state holds, without reading its tensors; None when absent or unreadable."""
+        if not self.path.exists():
+            return None
+        try:
+            return int(torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+        except Exception:  # noqa: BLE001 - only describes what is kept; load() warns when it matters
+            return None
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.path.with_suffix(self.path.suffix + ".tmp").unlink(missing_ok=True)
+
+
+@dataclass
+class Kept:
+    """What a checkpoint folder holds for a rerun: finished folds, and folds saved part-way (fold: epoch)."""
+
+    directory: Path
+    finished: list[int] = field(default_factory=list)
+    in_progress: dict[int, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.in_progress)
 
 
 class FoldCheckpoints:
@@ -70,6 +148,24 @@ class FoldCheckpoints:
 
     def save(self, result: FoldResult) -> None:
         _write_json(self._fold_path(result.fold), result.to_dict())
+        self.progress(result.fold).discard()  # the fold's result is saved whole: its part-way state is spent
+
+    def progress(self, fold: int, every: int = 0) -> FoldProgress:
+        """Fold ``fold``'s state saved part-way (``every``: save every that many epochs, 0 never)."""
+        return FoldProgress(self.directory / f"fold_{fold}.in_progress.pt", fold, every)
+
+    def kept(self, folds: list[int] | None = None) -> Kept:
+        """The finished folds and part-way states here (of ``folds`` only, when given)."""
+        if folds is None:
+            names = (re.fullmatch(r"fold_(\d+)\.(json|in_progress\.pt)", p.name) for p in self.directory.iterdir())
+            folds = [int(match.group(1)) for match in names if match]
+        kept = Kept(self.directory)
+        for fold in sorted(set(folds)):
+            if self._fold_path(fold).exists():
+                kept.finished.append(fold)
+            elif (epoch := self.progress(fold).saved_epoch()) is not None:
+                kept.in_progress[fold] = epoch
+        return kept
 
     @property
     def state(self) -> dict[str, Any]:
@@ -84,7 +180,8 @@ class FoldCheckpoints:
         return state if isinstance(state, dict) else {}
 
     def update_state(self, **values: Any) -> None:
-        _write_json(self.directory / "state.json", {**self.state, **values})
+        with _STATE_LOCK:
+            _write_json(self.directory / "state.json", {**self.state, **values})
 
     def is_complete(self) -> bool:
         return bool(self.state.get("complete"))

@@ -6,7 +6,8 @@ The story of a run:
 3. turn them into log-spectrograms on the device, once;
 4. for each fold: train a fresh model on the other folds (``loop.fit``),
    evaluate it on this fold after every epoch, save the fold's result so a
-   killed run can resume;
+   killed run can resume (``trainer.parallel_folds``: several folds at once,
+   each in its own process, see ``parallel.py``);
 5. aggregate the folds.
 """
 
@@ -26,6 +27,7 @@ from esc_sweep.runtime import pick_device, seed_everything
 from esc_sweep.training.callbacks import Callback, CallbackList
 from esc_sweep.training.checkpoint import FoldCheckpoints, config_key
 from esc_sweep.training.loop import InitWeights, TrainingData, fit
+from esc_sweep.training.parallel import run_folds_in_parallel
 from esc_sweep.training.results import CVResult, FoldResult
 from esc_sweep.training.splits import inner_split
 
@@ -53,7 +55,14 @@ def check_folds(clips: ClipSet, folds) -> None:
 def run_fold(
     cfg: DictConfig, clips: ClipSet, spectrograms: Spectrograms, targets: torch.Tensor, fold: int,
     device: torch.device, callbacks: Callback, init: InitWeights | None = None,
+    checkpoints: FoldCheckpoints | None = None,
 ) -> FoldResult:
+    """Train and score fold ``fold``.
+
+    ``checkpoints``: the run's checkpoint folder. The fold's training state is saved there
+    every ``trainer.checkpoint_every`` epochs and resumed from when one is saved already
+    (``FoldCheckpoints.save`` of the result deletes it).
+    """
     started = time.perf_counter()
     seed_everything(cfg.trainer.seed * 1000 + fold, cfg.trainer.deterministic, cfg.trainer.compile)
     folds = clips.folds.to(device)
@@ -70,7 +79,8 @@ def run_fold(
         select_index=select_index,
     )
     try:
-        _, history, val = fit(cfg, data, device, fold, callbacks, init)
+        progress = checkpoints.progress(fold, cfg.trainer.checkpoint_every) if checkpoints is not None else None
+        _, history, val = fit(cfg, data, device, fold, callbacks, init, progress)
     except torch.OutOfMemoryError as err:
         raise OutOfMemoryError(
             f"fold {fold}: {device} ran out of memory with trainer.batch_size={cfg.trainer.batch_size}. "
@@ -126,15 +136,26 @@ def cross_validate(
     })
 
     try:
-        results: list[FoldResult] = []
+        by_fold: dict[int, FoldResult] = {}
+        todo = []
         for fold in cfg.trainer.folds:
             result = checkpoints.load(fold)
-            resumed = result is not None
-            if not resumed:
-                result = run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init)
-                checkpoints.save(result)
-            results.append(result)
-            callbacks.on_fold_end(result, resumed)
+            if result is None:
+                todo.append(fold)
+            else:
+                by_fold[fold] = result
+                callbacks.on_fold_end(result, True)
+        if cfg.trainer.parallel_folds > 1 and len(todo) > 1:
+            trained = run_folds_in_parallel(cfg, todo, cfg.trainer.parallel_folds, device, callbacks, init,
+                                            checkpoints.directory)
+        else:
+            trained = (run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init, checkpoints)
+                       for fold in todo)
+        for result in trained:
+            checkpoints.save(result)
+            by_fold[result.fold] = result
+            callbacks.on_fold_end(result, False)
+        results = [by_fold[fold] for fold in cfg.trainer.folds]
         cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started,
                       validation=cfg.trainer.validation, checkpoint_dir=checkpoints.directory)
         callbacks.on_cv_end(cv)

@@ -11,6 +11,7 @@ models esc_sweep ships.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -21,7 +22,7 @@ from omegaconf import DictConfig
 from esc_sweep.errors import ConfigError, EscSweepError
 from esc_sweep.features.augment import Augment
 from esc_sweep.features.transforms import build_features
-from esc_sweep.models import count_parameters, create_model
+from esc_sweep.models import count_parameters, create_model, front_end_mismatches
 from esc_sweep.runtime import pick_device
 from esc_sweep.training.loop import autocast, make_trainee, train_step
 
@@ -76,6 +77,22 @@ def check_device(name: str) -> torch.device:
     return device
 
 
+def _check_checkpoint_front_end(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """A checkpoint that names its own front end (an HF feature extractor) must agree with features.*."""
+    if not cfg.model.weights:
+        return
+    mismatches = front_end_mismatches(model, cfg.features)
+    if not mismatches:
+        return
+    line = (", ".join(f"features.{k}={have!r}" for k, (have, _) in mismatches.items())
+            + f": the feature extractor of model.weights={cfg.model.weights} expects "
+            + ", ".join(f"{k}={want!r}" for k, (_, want) in mismatches.items()))
+    if cfg.model.front_end_check == "warn":
+        logging.getLogger("esc_sweep").warning("front end mismatch: %s", line)
+        return
+    raise ConfigError(line + " (set model.front_end_check=warn to go on anyway)")
+
+
 def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     """Build everything a fold builds and train one step on dummy data; raise ConfigError when anything fails."""
     fc, tc = cfg.features, cfg.trainer
@@ -126,6 +143,7 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     model_keys = f"model.name={cfg.model.name} (model.kwargs, features.n_mels, augmentation.crop_seconds)"
     model = _attempt("model.name/model.kwargs", f"cannot build {cfg.model.name!r}",
                      lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2]))
+    _check_checkpoint_front_end(cfg, model)
     model.standardize.fit(spectrogram.cpu())
     model = model.to(device)
     if tc.channels_last:

@@ -4,12 +4,15 @@
 share. ``fit`` trains a model for ``trainer.epochs``, evaluating after each
 epoch. A batch is an index tensor into device-resident spectrograms, so the
 loop does no per-clip Python work, and the loss is summed on the device and
-read once per epoch (one host synchronisation).
+read once per epoch (one host synchronisation). Given a ``FoldProgress``,
+``fit`` saves its whole state every ``trainer.checkpoint_every`` epochs and
+resumes from a saved one with the numbers an uninterrupted run gets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +29,11 @@ from esc_sweep.models import Classifier, count_parameters, create_model
 from esc_sweep.models.init_from import load_backbone_weights
 from esc_sweep.training import metrics
 from esc_sweep.training.callbacks import Callback
+from esc_sweep.training.checkpoint import FoldProgress
 from esc_sweep.training.optim import build_optimizer, build_scheduler
+from esc_sweep.training.tta import evaluate_tta
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +159,70 @@ def build_model(
     return model
 
 
+def _device_rng_state(device: torch.device) -> torch.Tensor | None:
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def training_state(
+    trainee: Trainee, generator: torch.Generator, epoch: int, history: list[dict[str, float]],
+    val: dict[str, Any] | None, best_val: float, epochs_without_gain: int,
+) -> dict[str, Any]:
+    """Everything the epochs after ``epoch`` depend on.
+
+    Random numbers: the epoch order comes from ``generator``; augmentation (torch.rand,
+    randint, randperm, Beta on the training device) and dropout draw from the global torch
+    generators, the CPU one and the device's. Nothing in training draws from Python's
+    ``random`` or NumPy, so their states are not needed.
+    """
+    return {
+        "epoch": epoch,
+        "model": trainee.model.state_dict(),
+        "ema": trainee.ema.state_dict() if trainee.ema is not None else None,
+        "optimizer": trainee.optimizer.state_dict(),
+        "scheduler": trainee.scheduler.state_dict(),
+        "history": history,
+        "val": val,
+        "best_val": best_val,
+        "epochs_without_gain": epochs_without_gain,
+        "rng": {"cpu": torch.get_rng_state(), "epoch_order": generator.get_state(),
+                "device_type": trainee.device.type, "device": _device_rng_state(trainee.device)},
+    }
+
+
+def restore_training_state(
+    state: dict[str, Any], trainee: Trainee, generator: torch.Generator
+) -> tuple[int, list[dict[str, float]], dict[str, Any] | None, float, int]:
+    """Load ``state`` (from ``training_state``) into ``trainee`` and the random generators.
+
+    Returns (epochs done, history, last validation, best deciding accuracy, epochs without
+    gain). Raises ValueError, before changing anything, when the state is another model's.
+    """
+    current = trainee.model.state_dict()
+    saved = state["model"]
+    if saved.keys() != current.keys() or any(saved[k].shape != v.shape for k, v in current.items()):
+        raise ValueError("its weights have other names or shapes")
+    if (state["ema"] is None) != (trainee.ema is None):
+        raise ValueError("trainer.ema_decay differs")
+    trainee.optimizer.load_state_dict(state["optimizer"])  # checks the parameter groups first
+    trainee.model.load_state_dict(saved)
+    if trainee.ema is not None:
+        trainee.ema.load_state_dict(state["ema"])
+    trainee.scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["cpu"])
+    generator.set_state(rng["epoch_order"])
+    if rng["device"] is not None and rng["device_type"] == trainee.device.type:
+        if trainee.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["device"], trainee.device)
+        elif trainee.device.type == "mps":
+            torch.mps.set_rng_state(rng["device"])
+    return state["epoch"], state["history"], state["val"], state["best_val"], state["epochs_without_gain"]
+
+
 def fit(
     cfg: DictConfig,
     data: TrainingData,
@@ -159,12 +230,14 @@ def fit(
     fold: int,
     callbacks: Callback,
     init: InitWeights | None = None,
+    progress: FoldProgress | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, Any] | None]:
     """Train one model; evaluate on ``data.val_index`` after each epoch when given.
 
     Returns the model used for evaluation (the EMA model when enabled), the
     per-epoch history and the last validation evaluation. ``fold`` 0 is the
-    final fit on all the data.
+    final fit on all the data. ``progress``: where the training state is saved
+    part-way and, when a state is saved there already, resumed from.
     """
     tc = cfg.trainer
     model = build_model(cfg, data, device, init)
@@ -181,7 +254,20 @@ def fit(
     history: list[dict[str, float]] = []
     val = None
     best_val, epochs_without_gain = -1.0, 0
-    for epoch in range(tc.epochs):
+    start_epoch = 0
+    saved = progress.load() if progress is not None else None
+    if saved is not None:
+        try:
+            start_epoch, history, val, best_val, epochs_without_gain = restore_training_state(saved, trainee, generator)
+        except ValueError as exc:
+            log.warning("fold %d: the state saved in %s does not fit this model (%s); training the fold from the "
+                        "start", fold, progress.path, exc)
+        else:
+            log.info("fold %d: resuming after epoch %d of %d (state saved in %s)",
+                     fold, start_epoch, tc.epochs, progress.path)
+            for record in history:  # the callbacks (curves, progress, pruning) see every epoch, as uninterrupted
+                callbacks.on_epoch_end(fold, record["epoch"], record)
+    for epoch in range(start_epoch, tc.epochs):
         started = time.perf_counter()
         model.train()
         order = data.train_index[torch.randperm(len(data.train_index), generator=generator).to(device)]
@@ -230,12 +316,16 @@ def fit(
                 epochs_without_gain += 1
                 if epochs_without_gain >= tc.early_stopping_patience:
                     break
+        if progress is not None and progress.due(epoch + 1) and epoch + 1 < tc.epochs:
+            progress.save(training_state(trainee, generator, epoch + 1, history, val, best_val, epochs_without_gain))
     if "train_acc" not in history[-1]:  # stopped early between train evaluations
         train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
         history[-1]["train_acc"] = train_eval["acc"]
         history[-1]["train_eval_loss"] = train_eval["loss"]
         if val is not None:
             history[-1]["gap"] = train_eval["acc"] - val["acc"]
+    if data.val_index is not None and tc.tta_crops > 1:  # test-time crops: scored once, after training
+        history[-1]["val_acc_tta"] = evaluate_tta(eval_model, data, data.val_index, cfg, device)["acc"]
     final_model = trainee.ema.module if trainee.ema is not None else model
     callbacks.on_model_trained(fold, final_model)
     return final_model, history, val

@@ -118,7 +118,7 @@ def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir)
     torch.set_num_threads(plan.threads)
     cfg = OmegaConf.create(config)
     try:
-        from esc_sweep.training import cv  # cv imports this module: importing it at the top would be a cycle
+        from esc_sweep.training import cv  # deferred: esc_sweep.training.cv imports this module (cycle)
 
         device = torch.device(plan.device)
         if device.type == "cuda":

@@ -24,6 +24,13 @@ class FoldResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
     inner_acc: Optional[float] = None  # accuracy on the inner validation split (trainer.validation=inner)
+    # Accuracy on the test fold with trainer.tta_crops crops per clip (training/tta.py); None when off.
+    # ``fit`` leaves it in the last epoch's record, where it is taken from when not given.
+    val_acc_tta: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.val_acc_tta is None and self.history:
+            self.val_acc_tta = self.history[-1].get("val_acc_tta")
 
     @property
     def gap(self) -> float:
@@ -76,6 +83,9 @@ class CVResult:
         inner = [f.inner_acc for f in self.folds]
         if inner and all(v is not None for v in inner):
             out["cv_inner_acc_mean"], out["cv_inner_acc_std"] = _mean_std(inner)
+        tta = [f.val_acc_tta for f in self.folds]
+        if tta and all(v is not None for v in tta):
+            out["cv_val_acc_tta_mean"], out["cv_val_acc_tta_std"] = _mean_std(tta)
         pooled = torch.tensor(self.pooled_confusion)
         out["pooled_val_acc"] = metrics.accuracy(pooled)
         out["pooled_val_f1"] = metrics.macro_f1(pooled)

@@ -20,20 +20,25 @@ class Interrupted:
 
 def interrupt_cli(args: list[str], cwd: Path, signum: int, *, checkpoint_root: Optional[Path] = None,
                   after_fold: Optional[int] = None, when: Optional[Callable[[str], bool]] = None,
+                  until: Optional[Callable[[], bool]] = None, env: Optional[dict] = None,
                   timeout: float = 300) -> Interrupted:
     """Run ``python -m esc_sweep args`` in ``cwd``; send ``signum`` once fold ``after_fold`` is saved under
-    ``checkpoint_root`` and/or once ``when(output so far)`` holds; wait for the process to end."""
+    ``checkpoint_root``, ``when(output so far)`` holds and ``until()`` holds (those given); wait for the
+    process to end. ``env``: the child's whole environment (default: this process's)."""
     log_path = cwd / f"cli-{time.monotonic_ns()}.log"
     with open(log_path, "w") as log:  # a file, not a pipe: the child can never block on output
         proc = subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=cwd, stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                stderr=subprocess.STDOUT,
+                                env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
         try:
             deadline = time.monotonic() + timeout
 
             def ready() -> bool:
                 if after_fold is not None and not list(checkpoint_root.glob(f"*/fold_{after_fold}.json")):
                     return False
-                return when is None or when(log_path.read_text())
+                if when is not None and not when(log_path.read_text()):
+                    return False
+                return until is None or until()
 
             while not ready():
                 assert proc.poll() is None, f"the run ended before it could be stopped:\n{log_path.read_text()[-3000:]}"

@@ -21,6 +21,7 @@ from esc_sweep.bundle import load_bundle
 from esc_sweep.models.init_from import classifier_head_names
 from tests.conftest import run_cli
 from tests.synthetic_bundle import (
+    BUNDLE_OVERRIDES,
     CLIP_SECONDS,
     NUM_CLASSES,
     SAMPLE_RATE,
@@ -274,3 +275,60 @@ def test_one_bad_file_among_many_keeps_the_others_and_output_never_overwrites_an
     out = predict_cli([str(trained.bundle_dir), str(audio), "-o", str(audio)], cwd=tmp_path)
     assert out.returncode == 2 and "refusing to write predictions over it" in one_line(out.stderr)
     assert audio.read_bytes() == before
+
+
+@pytest.fixture(scope="module")
+def two_fold_run(tmp_path_factory):
+    """A 2-fold CV with test-time crops and a final fit: the fold ensemble is saved beside the bundle."""
+    base = tmp_path_factory.mktemp("two-fold-ensemble")
+    uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    overrides = [o for o in BUNDLE_OVERRIDES if not o.startswith("trainer.folds")]
+    out = run_cli([*overrides, "trainer.folds=[1,2]", "trainer.tta_crops=3"], cwd=base,
+                  env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "fold ensemble saved" in one_line(out.stderr)
+    (output_dir,) = [p.parent for p in (base / "outputs" / "runs").glob("*/*/results.json")]
+    return output_dir, uri
+
+
+def test_fold_ensemble_is_saved_logged_and_predicts_the_average_of_its_folds(two_fold_run, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    output_dir, uri = two_fold_run
+    ensemble_dir = output_dir / "bundle_ensemble"
+    meta = json.loads((ensemble_dir / "bundle.json").read_text())
+    assert [m["fold"] for m in meta["members"]] == [1, 2]
+    assert (output_dir / "bundle" / "model.pt").is_file()  # the final fit is still there, unchanged
+
+    # Test-time crops: a metric of their own beside single-view accuracy, in results.json and MLflow.
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [f["val_acc_tta"] is not None for f in results["folds"]] == [True, True]
+    assert 0.2 <= results["summary"]["cv_val_acc_tta_mean"] <= 1.0
+    client = MlflowClient(uri)
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.data.metrics["cv_val_acc_tta_mean"] == pytest.approx(results["summary"]["cv_val_acc_tta_mean"],
+                                                                    rel=1e-6)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc_tta")] == [1, 2]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "bundle_ensemble")}
+    assert {"bundle_ensemble/bundle.json", "bundle_ensemble/members"} <= logged
+
+    files = write_synthetic_clips(tmp_path / "held_out", per_class=2, seed=321)
+    out = predict_cli([str(ensemble_dir), str(tmp_path / "held_out"), "--format", "json"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    document = json.loads(out.stdout)
+    assert document["models"] == 2 and document["tta_crops"] == 3  # the crops the run was scored with
+    by_name = {Path(p["file"]).name: p for p in document["predictions"]}
+    assert np.mean([by_name[p.name]["label"] == label for p, label in files]) >= 0.8
+
+    # Each member predicts on its own; the ensemble's probabilities are their mean.
+    ensemble = load_bundle(ensemble_dir, tta_crops=0)
+    waveform = torch.from_numpy(sf.read(files[0][0], dtype="float32")[0])
+    members = [torch.softmax(m(ensemble.spectrogram(waveform[None])), 1)[0] for m in ensemble.model.members]
+    assert torch.allclose(ensemble.predict(waveform)[0], torch.stack(members).mean(0), atol=1e-5)
+    remote = load_bundle(f"runs:/{run.info.run_id}/bundle_ensemble", tracking_uri=uri)
+    assert remote.num_members == 2
+
+    out = predict_cli([str(ensemble_dir), str(files[0][0]), "--tta", "0", "--format", "json"], cwd=tmp_path)
+    assert out.returncode == 0 and json.loads(out.stdout)["tta_crops"] == 0
+    out = predict_cli([str(ensemble_dir), str(files[0][0]), "--tta", "-2"], cwd=tmp_path)
+    assert out.returncode == 2 and "--tta -2" in one_line(out.stderr)

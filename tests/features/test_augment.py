@@ -92,17 +92,24 @@ def test_crop_seconds_are_converted_to_frames_and_run_first():
     assert x.shape == (8, 1, 64, 125) and y.shape == (8, 4)
 
 
-def test_band_limit_floors_the_top_bins_of_some_clips_only():
+def test_band_limit_silences_a_top_band_with_a_taper_in_some_clips_only():
     from esc_sweep.features.augment import RandomBandLimit
 
     torch.manual_seed(0)
-    x = torch.randn(256, 1, 64, 20)
-    y = RandomBandLimit(prob=0.5, max_fraction=0.4)(x)
+    x = 10 * torch.randn(256, 1, 64, 20)  # decibel-like: a 100 dB range
+    y = RandomBandLimit(prob=0.5, max_fraction=0.4, floor_db=80.0)(x)
     changed = (y != x).flatten(1).any(1)
     assert 0.3 < changed.float().mean() < 0.7  # about half the clips
+    taper = int(RandomBandLimit.TAPER_FRACTION * 64)  # 6 bands
     for clip_x, clip_y in zip(x[changed], y[changed]):
-        rows = (clip_y != clip_x).any(-1).flatten()
-        cut = int(rows.nonzero()[0])
-        assert rows[cut:].all() and not rows[:cut].any() and cut >= 64 - int(0.4 * 64)  # only a top band
-        assert torch.all(clip_y[0, cut:] == clip_x.min())
+        floor = clip_x.max() - 80
+        assert torch.all(clip_y <= clip_x) and torch.all(clip_y >= torch.minimum(clip_x, floor))  # only lowered
+        touched = (clip_y != clip_x).any(-1).flatten()
+        first = int(touched.nonzero()[0])
+        assert not touched[:first].any() and first >= 64 - int(0.4 * 64) - taper - 1  # only a top band
+        at_floor = (clip_y[0] == torch.minimum(clip_x[0], floor)).all(-1)
+        silent = int(at_floor.nonzero()[0]) if at_floor.any() else 64  # a cutoff within the top band: fade only
+        assert at_floor[silent:].all()  # silence from the cutoff up ...
+        assert 0 < silent - first <= taper + 1  # ... reached through a fade of about TAPER_FRACTION of the axis
+        assert silent >= 64 - int(0.4 * 64) - taper  # (a bin deep in the fade can already sit at the floor)
     assert torch.equal(RandomBandLimit(prob=0.0, max_fraction=0.4)(x), x)

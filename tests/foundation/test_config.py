@@ -75,3 +75,10 @@ def test_all_problems_reported_at_once(compose_cfg):
 
 def test_default_config_is_valid(compose_cfg):
     validate(compose_cfg())
+
+
+def test_fbank_needs_n_fft_to_be_the_padded_window(compose_cfg):
+    validate(compose_cfg(["features=fbank"]))  # 400-sample window, padded to 512 = n_fft
+    with pytest.raises(ConfigError, match=r"features\.n_fft=1024: must be 512 for features\.kind=fbank"):
+        validate(compose_cfg(["features=fbank", "features.n_fft=1024"]))
+

@@ -1,12 +1,15 @@
 """The package's imports point one way: foundation -> data -> features -> models -> training
 -> figures -> tracking -> sweep -> bundle -> app. MLflow is imported only in esc_sweep.tracking.
 
-Walks every module's AST, module-level and function-level imports alike.
+Walks every module's AST, module-level and function-level imports alike. An import inside a
+function says why it is there: a ``# deferred:`` comment (the start-up time it saves, the
+optional extra it needs, or the cycle it avoids) on its line or the comment line above.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "esc_sweep"
@@ -99,3 +102,51 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     finally:
         PACKAGE = saved
     assert "esc_sweep.training.loop" in targets and "esc_sweep.app" in targets
+
+
+DEFERRED = re.compile(r"#\s*deferred:")
+
+
+def _undeclared_function_imports(source: str) -> list[tuple[int, str]]:
+    """(line, text) of imports inside a function with no ``# deferred:`` comment on the line or just above."""
+    lines = source.splitlines()
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for inner in ast.walk(node):
+            if not isinstance(inner, (ast.Import, ast.ImportFrom)):
+                continue
+            line = lines[inner.lineno - 1]
+            above = lines[inner.lineno - 2].strip() if inner.lineno > 1 else ""
+            if not (DEFERRED.search(line) or (above.startswith("#") and DEFERRED.match(above))):
+                found.add((inner.lineno, line.strip()))
+    return sorted(found)
+
+
+def test_every_function_level_import_says_why_it_is_deferred():
+    """Function-level imports stay only where they save start-up time (or avoid a cycle), and say so."""
+    missing = [f"{path.relative_to(PACKAGE.parent)}:{line}  {text}"
+               for path in sorted(PACKAGE.rglob("*.py"))
+               for line, text in _undeclared_function_imports(path.read_text())]
+    assert not missing, ("imports inside functions without a '# deferred: <what it saves>' comment "
+                         "(hoist them to the top if they save nothing):\n" + "\n".join(missing))
+
+
+def test_the_deferred_checker_flags_an_uncommented_function_import():
+    source = (
+        "import os\n"
+        "def f():\n"
+        "    import json\n"
+        "    import torch  # deferred: torch (~3 s)\n"
+        "    # deferred: optional extra [app]\n"
+        "    import gradio\n"
+        "    # a comment that is not a reason\n"
+        "    import csv\n"
+        "    x = 1  # deferred: not an import\n"
+        "    import re\n"
+        "class C:\n"
+        "    def m(self):\n"
+        "        from math import pi\n"
+    )
+    assert [line for line, _ in _undeclared_function_imports(source)] == [3, 8, 10, 13]

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -110,6 +112,11 @@ def test_sweep_prunes_bad_trials_and_nests_eight_trials_under_the_study_run(tmp_
     best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert best.params["optimizer.lr"] == 0.03 and best.value > 0.6
 
+    # One line per trial: the sampled values rounded, no internal sweep.* keys; the spread over folds.
+    logs = out.stdout + out.stderr
+    assert "sweep.storage=" not in logs and "sweep.trial_number=" not in logs
+    assert re.search(r"trial \d+: optimizer\.lr=(1e-06|0\.03) model\.dropout=[\d.e-]{1,10}\n", logs)
+    assert re.search(r"trial \d+ COMPLETE: mean_val_acc [\d.]{1,6} ± [\d.e-]{1,10} over 3 folds\n", logs)
     # The study report: printed, saved, and on the study run.
     assert "Best trial" in out.stdout and f"{count[TrialState.PRUNED]} pruned" in out.stdout
     results = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
@@ -131,7 +138,12 @@ def test_sweep_prunes_bad_trials_and_nests_eight_trials_under_the_study_run(tmp_
     assert len(children) == 8
     assert sorted(int(r.data.tags["esc_sweep.trial"]) for r in children) == list(range(8))
     pruned_numbers = {t.number for t in trials if t.state == TrialState.PRUNED}
-    assert {int(r.data.tags["esc_sweep.trial"]) for r in children if r.info.status == "KILLED"} == pruned_numbers
+    # Pruned trials end FINISHED (MLflow has no PRUNED; KILLED reads as a failure), marked pruned.
+    marked = {int(r.data.tags["esc_sweep.trial"]) for r in children if r.data.tags.get("esc_sweep.status") == "pruned"}
+    assert marked == pruned_numbers
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all(r.info.run_name.endswith("· pruned") == (int(r.data.tags["esc_sweep.trial"]) in pruned_numbers)
+               for r in children)
     assert study_run.info.status == "FINISHED"
     assert study_run.data.metrics["best_value"] == pytest.approx(best.value)
     assert study_run.data.metrics["n_pruned"] == count[TrialState.PRUNED]
@@ -264,8 +276,10 @@ def test_reporter_reports_running_mean_per_fold_and_raises_when_pruned(tmp_path)
     trial = study.trials[-1]
     assert trial.intermediate_values == pytest.approx({1: 0.95, 2: 0.9, 3: (0.95 + 0.85 + 0.1) / 3})
     # Beside the objective, the test folds' mean (the honest estimate when trainer.validation=inner).
+    # And the fold count and spread the sweeper's "trial N COMPLETE: ... ± std over 3 folds" line shows.
     assert trial.user_attrs == pytest.approx({"num_parameters": 1234, "epochs_trained": 3,
-                                              "test_fold_acc_mean": (0.95 + 0.85 + 0.1) / 3})
+                                              "test_fold_acc_mean": (0.95 + 0.85 + 0.1) / 3, "folds_done": 3,
+                                              "objective_std": statistics.stdev([0.95, 0.85, 0.1])})
     study.tell(trial.number, trial.intermediate_values[3])
 
     cfg = reporter_cfg(tmp_path, study.ask().number, False)

@@ -91,3 +91,31 @@ def test_plan_pins_cores_only_when_they_divide_evenly():
     assert [(p.threads, p.cores) for p in plans] == [(1, None)] * 5
     # An explicit thread count is kept (it decides the results, see training/parallel.py).
     assert {p.threads for p in plan_workers(2, cpu, 3, cores=[0, 1])} == {3}
+
+
+class StopAfter(Callback):
+    """Ctrl-C in the parent once ``epochs`` epoch events have arrived (from any fold)."""
+
+    def __init__(self, epochs):
+        self.left = epochs
+
+    def on_epoch_end(self, fold, epoch, metrics):
+        self.left -= 1
+        if self.left == 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_parallel_run_resumes_to_the_uninterrupted_result(tmp_path):
+    many_epochs = BASE + ["trainer.epochs=6", "trainer.checkpoint_every=1"]
+    straight = cross_validate(compose_config(many_epochs + [f"trainer.checkpoint_dir={tmp_path}/a"]))
+    cfg = compose_config(many_epochs + [f"trainer.checkpoint_dir={tmp_path}/b", "trainer.parallel_folds=3"])
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(cfg, [StopAfter(4)])
+    # The workers are stopped: every fold is unfinished or saved part-way, none is lost or half-written.
+    saved = sorted(p.name for p in (tmp_path / "b").rglob("fold_*"))
+    assert saved, "an interrupted run kept nothing"
+    resumed = cross_validate(cfg)
+    for a, b in zip(straight.folds, resumed.folds):
+        assert [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in b.history] == \
+               [{k: v for k, v in h.items() if not k.endswith("seconds")} for h in a.history]
+        assert a.confusion == b.confusion

@@ -1,0 +1,161 @@
+"""``model.weights``: find pretrained weights, fetch them once, and load them into a backbone.
+
+What a user may name:
+
+- a local file (``.pth``/``.pt``/``.ckpt`` or ``.safetensors``) or folder (Hugging Face
+  ``save_pretrained`` output): used as is, offline;
+- an ``http(s)://`` URL: downloaded once into the weights cache (``paths.weights_cache_dir``)
+  with the dataset downloader's resumable, atomic mechanism (``esc_sweep.data.download``):
+  bytes go to ``<file>.part``, a rerun resumes with an HTTP Range request, and the file
+  appears under its final name only when complete (and verified, with ``model.weights_sha256``);
+- a named checkpoint, e.g. ``panns:cnn14`` or ``efficientat:mn10_as`` (``NAMED_CHECKPOINTS``);
+- ``hf-hub:<repo id>/<file>``: one file of a Hugging Face hub repository (its own cache);
+- for ``model.name=hf`` only, a hub id such as ``MIT/ast-finetuned-audioset-10-10-0.4593``
+  (``esc_sweep.models.hf``).
+
+The original checkpoints name their tensors differently from esc_sweep (a
+waveform front end and an AudioSet head are inside them): each family's
+``convert_state_dict`` maps them, and ``load_pretrained`` copies the result into
+a backbone, refusing (one line) weights of another architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import unquote, urlparse
+
+import torch
+from torch import nn
+
+from esc_sweep.data.download import download_file, file_sha256, normalize_sha256
+from esc_sweep.errors import ConfigError, DownloadError
+from esc_sweep.models import mobilenet, panns
+from esc_sweep.paths import expand, weights_cache_dir
+
+log = logging.getLogger("esc_sweep")
+
+NAMED_CHECKPOINTS = {**panns.CHECKPOINTS, **mobilenet.CHECKPOINTS}
+OFFLINE_HINT = "no internet here? download it on a connected machine and set model.weights=<local file>"
+
+
+def resolve_weights(source: str, sha256: Optional[str] = None, progress: bool = True) -> Path:
+    """The local file or folder ``model.weights=source`` names, downloading it first when needed."""
+    text = str(source).strip()
+    sha256 = normalize_sha256(sha256, "model.weights_sha256")
+    url = NAMED_CHECKPOINTS.get(text.lower())
+    if url is None and re.match(r"^https?://", text):
+        url = text
+    if url is not None:
+        return _download(url, sha256, progress)
+    if text.startswith("hf-hub:"):
+        return _hf_hub_file(text[len("hf-hub:"):], sha256)
+    path = expand(text)
+    if path.is_file():
+        if sha256 is not None and file_sha256(path) != sha256:
+            # The user's own file: refuse it, never delete it.
+            raise ConfigError(f"model.weights={text}: its sha256 is {file_sha256(path)}, model.weights_sha256 "
+                              f"expects {sha256}: wrong or damaged file")
+        return path
+    if path.is_dir():
+        if sha256 is not None:
+            raise ConfigError("model.weights_sha256 pins a single file; model.weights names a folder")
+        return path
+    prefix = text.split(":", 1)[0] + ":" if ":" in text else None
+    names = [n for n in NAMED_CHECKPOINTS if prefix and n.startswith(prefix)] or sorted(NAMED_CHECKPOINTS)
+    raise ConfigError(f"model.weights={text!r}: no such file or folder, and not a URL or a named checkpoint "
+                      f"({', '.join(names)})")
+
+
+def cache_path(url: str) -> Path:
+    """Where the download of ``url`` lands: the weights cache, keyed by the URL (``<file>.part`` while partial)."""
+    name = Path(unquote(urlparse(url).path)).name or "weights.pth"
+    key = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return weights_cache_dir() / f"{key}-{re.sub(r'[^A-Za-z0-9_.=-]', '_', name)}"
+
+
+def _download(url: str, sha256: Optional[str], progress: bool) -> Path:
+    dest = cache_path(url)
+    name = dest.name.split("-", 1)[1]
+    try:
+        return download_file(url, dest, sha256=sha256, progress=progress, description=f"Downloading {name}",
+                             hint=OFFLINE_HINT, checksum_key="model.weights_sha256")
+    except DownloadError as err:
+        raise DownloadError(f"model.weights: {err}") from None
+
+
+def _hf_hub_file(spec: str, sha256: Optional[str]) -> Path:
+    repo, _, filename = spec.rpartition("/")
+    if "/" not in repo or not filename:
+        raise ConfigError(f"model.weights=hf-hub:{spec}: expected hf-hub:<owner>/<repo>/<file>")
+    from huggingface_hub import hf_hub_download  # deferred: optional extra [pretrained]; only this source needs it
+
+    try:
+        path = Path(hf_hub_download(repo_id=repo, filename=filename))
+    except Exception as err:  # offline, unknown repo, missing file: all one line for the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DownloadError(f"model.weights=hf-hub:{spec}: cannot fetch it ({first}); {OFFLINE_HINT}") from None
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise ConfigError(f"model.weights=hf-hub:{spec}: sha256 differs from model.weights_sha256 ({sha256})")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint file, unwrapped from ``{"model": ...}`` / ``{"state_dict": ...}``."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file  # deferred: optional extra [pretrained]; most are torch files
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged or foreign file: name it in one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"model.weights={path}: not a readable checkpoint ({first[:200]})") from None
+    for wrapper in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"model.weights={path}: holds no state dict of tensors")
+    # Checkpoints saved from DataParallel prefix every key with "module.".
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained(
+    backbone: nn.Module, state: dict[str, torch.Tensor], convert: Callable[[dict], dict], source: str,
+) -> None:
+    """Copy converted weights into ``backbone``, all but its classifier head (which stays fresh).
+
+    Refuses, naming the first keys, weights with missing, extra or differently shaped tensors:
+    they belong to another architecture or width, and loading them partly would train garbage.
+    """
+    state = convert(state)
+    head = {f"{name}." for name, module in backbone.named_modules() if module is _classifier(backbone)}
+    target = backbone.state_dict()
+    body = {k for k in target if not any(k.startswith(h) for h in head)}
+    missing = sorted(k for k in body if k not in state and not k.endswith("num_batches_tracked"))
+    extra = sorted(k for k in state if k not in target)
+    shapes = sorted(k for k in body & state.keys() if state[k].shape != target[k].shape)
+    if missing or extra or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} differ in shape ({k}: {tuple(state[k].shape)} vs {tuple(target[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected ({', '.join(extra[:3])})")
+        raise ConfigError(f"model.weights={source}: does not fit this model ({'; '.join(parts)}); "
+                          f"check model.name and model.width against the checkpoint")
+    for key in body & state.keys():
+        target[key] = state[key].to(target[key].dtype)
+    backbone.load_state_dict(target)
+    log.info("model.weights: loaded %d tensors from %s; fresh head %s", len(body & state.keys()), source,
+             ", ".join(sorted(h.rstrip(".") for h in head)) or "-")
+
+
+def _classifier(backbone: nn.Module) -> Optional[nn.Module]:
+    return backbone.get_classifier() if hasattr(backbone, "get_classifier") else None
