@@ -155,7 +155,8 @@ class PlainProgress:
     """
 
     def __init__(self, description: str, total: Optional[float], out: Console, *, every: float = PLAIN_EVERY_S,
-                 get_time: Callable[[], float] = time.monotonic):
+                 get_time: Callable[[], float] = time.monotonic, header: Optional[str] = None):
+        self.header = header  # printed once the phase has run QUIET_BELOW_S: quick phases print nothing
         self.description = description
         self.total = total
         self.out = out
@@ -170,6 +171,8 @@ class PlainProgress:
         with self._lock:
             self.completed += amount
             now = self.get_time()
+            if now - self.started >= QUIET_BELOW_S:
+                self._announce()
             if now - self.last_line >= self.every and not (self.total and self.completed >= self.total):
                 self.last_line = now
                 self._print(self.line(now))
@@ -184,7 +187,13 @@ class PlainProgress:
     def finish(self) -> None:
         elapsed = self.get_time() - self.started
         if elapsed >= QUIET_BELOW_S:
+            self._announce()
             self._print(f"{self.description}: {self.completed:g} done in {duration(elapsed)}")
+
+    def _announce(self) -> None:
+        if self.header is not None:
+            header, self.header = self.header, None
+            self._print(header)
 
     def _print(self, text: str) -> None:
         self.out.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -204,9 +213,9 @@ def phase(description: str, total: Optional[float], enabled: bool = True, out: O
           every: float = PLAIN_EVERY_S) -> Iterator:
     """Progress of one phase (decoding, spectrograms): yields an object with ``advance(n=1)``.
 
-    A rich bar with an ETA on a terminal when ``enabled``; otherwise plain lines:
-    one when it starts (``Decoding audio: 2000 files``), one every ``every``
-    seconds, and a closing one when it took a second or more.
+    A rich bar with an ETA on a terminal when ``enabled``; otherwise plain lines, only
+    for a phase that takes a second or more: one saying what it is
+    (``Decoding audio: 2000 files``), one every ``every`` seconds, and a closing one.
     """
     out = out or console
     if live_bars(enabled, out):
@@ -214,8 +223,10 @@ def phase(description: str, total: Optional[float], enabled: bool = True, out: O
         with logs_above_progress(out), bar:
             yield _RichPhase(bar, bar.add_task(description, total=total))
         return
-    plain = PlainProgress(description, total, out, every=every, get_time=get_time or time.monotonic)
-    plain_print(f"{description}: {'?' if total is None else f'{total:g}'} {unit}", out)  # a log shows what is under way
+    # A log shows what is under way once it takes a second; a quick phase (or one that fails at
+    # once, whose error must be the only line) prints nothing.
+    plain = PlainProgress(description, total, out, every=every, get_time=get_time or time.monotonic,
+                          header=f"{description}: {'?' if total is None else f'{total:g}'} {unit}")
     yield plain
     plain.finish()
 

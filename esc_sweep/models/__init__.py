@@ -13,6 +13,8 @@ the backbone for ``model.finetune=linear_probe`` / ``freeze_then_unfreeze``.
 
 from __future__ import annotations
 
+import inspect
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,11 +32,21 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(name: str):
+    """Register ``builder(cfg, num_classes)`` or ``builder(cfg, num_classes, num_bins)`` under ``name``.
+
+    The two-argument form is the original public one: models registered that way keep working.
+    """
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = builder
         return builder
 
     return decorator
+
+
+def _takes_num_bins(builder: Callable[..., nn.Module]) -> bool:
+    parameters = inspect.signature(builder).parameters.values()
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
 
 
 @register_model("baseline_cnn")
@@ -169,7 +181,8 @@ class Classifier(nn.Module):
 
 def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64) -> nn.Module:
     if cfg.name in _REGISTRY:
-        return _REGISTRY[cfg.name](cfg, num_classes, num_bins)
+        builder = _REGISTRY[cfg.name]
+        return builder(cfg, num_classes, num_bins) if _takes_num_bins(builder) else builder(cfg, num_classes)
     if getattr(cfg, "weights", None):
         raise ConfigError(f"model.weights={cfg.weights}: loads into esc_sweep's families "
                           f"({', '.join(list_models())}); for timm models use model.pretrained or model.init_from")
