@@ -317,11 +317,19 @@ def test_cache_stores_float16(fake):
     assert payload["waveforms"].dtype == torch.float16 and payload["waveforms"].shape == (50, 4000)
 
 
-def test_progress_bar_is_labelled(fake, capsys):
+def test_progress_bar_is_labelled(fake, monkeypatch):
+    # On a terminal the bar shows at once (plain log lines wait until a phase has run a second).
+    import io
+
+    from rich.console import Console
+
+    import esc_sweep.console
+
+    screen = io.StringIO()
+    monkeypatch.setattr(esc_sweep.console, "console", Console(file=screen, force_terminal=True, width=120))
     root, _, cache_dir = fake
     load_clipset(fake_cfg(root, cache_dir), 8000, progress=True)
-    out = capsys.readouterr()
-    assert "Decoding ESC-50" in out.out + out.err
+    assert "Decoding ESC-50" in screen.getvalue()
 
 
 def test_category_labels_and_esc10_on_fake_root(fake):
