@@ -199,6 +199,9 @@ class TrainerConfig:
     # predict averages them; no extra training). Disk: one model per fold (baseline_cnn: ~1 MB each,
     # resnet18: ~45 MB each). Needs at least 2 folds trained in this process.
     save_fold_ensemble: bool = True
+    # Save that fold ensemble even without a final fit. Each member can be scored honestly only on
+    # its own held-out fold (benchmarks/robustness.py --fold-members does that for every fold).
+    keep_fold_models: bool = False
     # Test-time augmentation: classify this many evenly spaced crops of each test clip and average
     # their probabilities (training/tta.py; crop length augmentation.crop_seconds, else 0.8 of the
     # clip). Logged as val_acc_tta beside val_acc, and the default of a bundle's predict. 0 or 1: off.

@@ -125,7 +125,8 @@ def run(cfg: DictConfig, kept=None) -> float:
     if kept is not None:
         callbacks.append(kept)
     fold_models = None
-    if cfg.trainer.final_fit and cfg.trainer.save_fold_ensemble and len(cfg.trainer.folds) > 1:
+    keep_folds = cfg.trainer.final_fit or cfg.trainer.get("keep_fold_models", False)
+    if keep_folds and cfg.trainer.save_fold_ensemble and len(cfg.trainer.folds) > 1:
         from esc_sweep.bundle.ensemble import FoldModels  # deferred: the bundle package, only with a final fit
 
         fold_models = FoldModels()  # CPU copies of the fold models, for the fold ensemble bundle
@@ -135,12 +136,12 @@ def run(cfg: DictConfig, kept=None) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     path = write_results(cv, output_dir)
     log.info("results written to %s", path)
+    # Bundles are also logged to the MLflow run of this cross-validation.
+    run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
     if cfg.trainer.final_fit:
-        # The bundle is also logged to the MLflow run of this cross-validation.
-        run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
         final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=init)
-        if fold_models is not None:
-            save_fold_ensemble(cfg, cv, fold_models, output_dir, run_id=run_id)
+    if fold_models is not None:
+        save_fold_ensemble(cfg, cv, fold_models, output_dir, run_id=run_id)
     # Only now is the run complete: until here a crash or kill leaves every finished fold resumable.
     mark_cv_complete(cv, cfg)
     # A sweep maximises this: the inner split's score with trainer.validation=inner (honest), else the test folds'.
