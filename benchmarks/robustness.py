@@ -3,6 +3,7 @@
     python benchmarks/robustness.py --bundle outputs/runs/<run>/bundle --root ../shared/esc50 --fold 5
     python benchmarks/robustness.py --train "features.normalize=instance" --name instance --root ../shared/esc50
     python benchmarks/robustness.py --train "features.normalize=instance" --ensemble --tta 10 --keep /tmp/kept
+    python benchmarks/robustness.py --fold-members outputs/runs/<run>/bundle_ensemble --name cpu_hour
 
 With ``--train OVERRIDES`` it first trains the bundle the way docs/predict.md
 measures one: the ESC-10 classes of folds 1-4 as a CSV folder dataset (fold 5
@@ -11,7 +12,11 @@ never seen), CV fold 1 for the estimate, then a final fit on all four folds.
 so the run also saves its fold ensemble (``bundle_ensemble/``), and both are
 scored on fold 5: no member of the ensemble has seen it, which makes this the
 honest measurement a 5-fold ESC-50 CV cannot give (there every clip is in the
-training folds of 4 of the 5 members). ``--bundle`` may name a fold ensemble
+training folds of 4 of the 5 members). ``--fold-members ENSEMBLE`` takes the fold ensemble of a full CV (saved with
+``trainer.keep_fold_models=true``) and scores each member only on its own
+held-out fold, pooled over the folds: every clip of the dataset (all classes the
+bundle knows) is tagged by the one model that never saw it, as in the CV itself.
+``--bundle`` may name a fold ensemble
 too (it says whether the test fold is outside all its members' training
 folds), and may be given several times. ``--tta 0 10`` scores each bundle
 without and with 10 test-time crops per clip. ``--only "rate,gain +0"`` keeps
@@ -44,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +71,23 @@ RECIPE = ["dataset=folder", "dataset.num_folds=4", "model.width=16", "augmentati
           "trainer.final_fit=true", "tracking.enabled=false", "trainer.progress=false"]
 
 
-def esc10_rows(root: Path) -> list[dict]:
+def esc50_rows(root: Path) -> list[dict]:
     with open(root / "meta" / "esc50.csv") as handle:
-        return [r for r in csv.DictReader(handle) if r["esc10"].strip().lower() == "true"]
+        return list(csv.DictReader(handle))
+
+
+def esc10_rows(root: Path) -> list[dict]:
+    return [r for r in esc50_rows(root) if r["esc10"].strip().lower() == "true"]
+
+
+def fold_member_bundles(ensemble) -> dict[int, object]:
+    """Each member of a fold ensemble as a one-model bundle, by the fold it was held out from."""
+    members = ensemble.meta.get("members") or []
+    if len(members) < 2:
+        raise SystemExit(f"--fold-members needs a fold ensemble (bundle_ensemble/), {ensemble.source} has one model")
+    single = {k: v for k, v in ensemble.meta.items() if k != "members"}
+    return {int(m["fold"]): replace(ensemble, model=model, meta=single)
+            for m, model in zip(members, ensemble.model.members)}
 
 
 def audio_path(root: Path, filename: str) -> Path:
@@ -129,11 +149,25 @@ def honesty_note(bundle, fold: int) -> str:
 
 
 def evaluate(bundles: list, root: Path, fold: int, only: list[str] | None = None) -> dict[str, dict]:
-    """Accuracy per perturbation of each bundle (by label); every perturbed file is written once."""
+    """Accuracy per perturbation of each bundle (by label) on the ESC-10 clips of ``fold``."""
     rows = [r for r in esc10_rows(root) if int(r["fold"]) == fold]
-    correct: dict[str, dict[str, list[bool]]] = {bundle_label(b): {} for b in bundles}
+    return score(rows, lambda r: bundles, root, only)
+
+
+def score(rows: list[dict], bundles_for, root: Path, only: list[str] | None = None) -> dict[str, dict]:
+    """Accuracy per perturbation of the bundles ``bundles_for(row)`` gives for each clip (by label).
+
+    Every perturbed file is written once and tagged by each of those bundles; the labels of
+    the result are the bundles' labels (``bundle_label``), so per-row bundles of one kind pool.
+    """
+    correct: dict[str, dict[str, list[bool]]] = {}
+    every = max(1, len(rows) // 20)
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        for r in rows:
+        for i, r in enumerate(rows):
+            if i % every == 0 and len(rows) > 100:
+                print(f"  {i}/{len(rows)} clips, {time.time() - started:.0f} s", flush=True)
+            bundles = bundles_for(r)
             data, rate = sf.read(audio_path(root, r["filename"]), dtype="float32")
             clip = data if data.ndim == 1 else data.mean(1)
             for name, ext, write in perturbations(clip, rate):
@@ -143,7 +177,7 @@ def evaluate(bundles: list, root: Path, fold: int, only: list[str] | None = None
                 write(path)
                 for bundle in bundles:
                     label = predict_one(bundle, path, top_k=1)["label"]
-                    correct[bundle_label(bundle)].setdefault(name, []).append(label == r["category"])
+                    correct.setdefault(bundle_label(bundle), {}).setdefault(name, []).append(label == r["category"])
     return {variant: {name: float(np.mean(hits)) for name, hits in per.items()} | {"clips": len(rows)}
             for variant, per in correct.items()}
 
@@ -177,7 +211,14 @@ def main() -> None:
     parser.add_argument("--name", default="bundle", help="name for the result file")
     parser.add_argument("--root", default=os.environ.get("ESC50_ROOT", str(REPO.parent / "shared" / "esc50")))
     parser.add_argument("--fold", type=int, default=5)
+    parser.add_argument("--fold-members", metavar="ENSEMBLE",
+                        help="a CV's fold ensemble: score each member on its own held-out fold, every clip once")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.fold_members:
+        return fold_members_main(args)
     root = Path(args.root)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="esc_sweep-robustness-") as work:
@@ -229,6 +270,63 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     for v in variants:
         print(f"[{v}] " + ", ".join(f"{k} {value:.1f}" for k, value in spread(accuracy[v]).items()))
+    print(f"wrote {out}")
+
+
+def fold_members_main(args) -> None:
+    """--fold-members: every clip of the CV tagged by the fold model that did not train on it."""
+    root = Path(args.root)
+    started = time.time()
+    only = [w.strip() for w in args.only.split(",")] if args.only else None
+    ensemble = load_bundle(Path(args.fold_members), tta_crops=args.tta[0])
+    members = fold_member_bundles(ensemble)
+    known = set(ensemble.class_names)
+    rows = [r for r in esc50_rows(root) if int(r["fold"]) in members and r["category"] in known]
+    print(f"{len(rows)} clips of {len(known)} classes in folds {sorted(members)}, each tagged by the member "
+          f"held out from its fold", flush=True)
+    per_fold = {}
+    for fold in sorted(members):
+        fold_rows = [r for r in rows if int(r["fold"]) == fold]
+        per_fold[fold] = score(fold_rows, lambda r, fold=fold: [members[fold]], root, only)
+        label = next(iter(per_fold[fold]))
+        print(f"fold {fold}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in per_fold[fold][label].items()
+                                           if k != "clips"), flush=True)
+    label = next(iter(per_fold[min(per_fold)]))
+    names = [k for k in per_fold[min(per_fold)][label] if k != "clips"]
+    # Pooled over folds, weighted by each fold's clip count (every clip counts once).
+    total = sum(per_fold[f][label]["clips"] for f in per_fold)
+    pooled = {n: sum(per_fold[f][label][n] * per_fold[f][label]["clips"] for f in per_fold) / total for n in names}
+    cv = (ensemble.metrics or {}) if isinstance(ensemble.metrics, dict) else {}
+    cv_fold_acc = {int(f["fold"]): f.get("best_val_acc", f.get("val_acc"))
+                   for f in cv.get("folds", []) if isinstance(f, dict) and "fold" in f}
+    print(f"\n{args.name}: every clip tagged by its held-out fold model ({total} clips), accuracy in %")
+    print(f"  {'perturbation':16s} {'pooled':>7s} " + " ".join(f"{'fold ' + str(f):>7s}" for f in per_fold))
+    for n in names:
+        print(f"  {n:16s} {100 * pooled[n]:7.1f} " + " ".join(f"{100 * per_fold[f][label][n]:7.1f}" for f in per_fold))
+    if cv_fold_acc:
+        print("  CV val acc (the training run's own evaluation): " +
+              ", ".join(f"fold {f} {100 * a:.1f}" for f, a in sorted(cv_fold_acc.items()) if a is not None))
+    result = {
+        "name": args.name,
+        "protocol": "fold members: each clip tagged by the fold model of the CV that held its fold out "
+                    "(trainer.keep_fold_models=true); per-file predict path",
+        "accuracy": pooled,
+        **spread(pooled),
+        "per_fold": {str(f): per_fold[f][label] for f in per_fold},
+        "cv_val_acc_per_fold": {str(f): a for f, a in cv_fold_acc.items()},
+        "bundle": str(args.fold_members),
+        "tta_crops": args.tta[0],
+        "only": only,
+        "features": ensemble.config["features"],
+        "augmentation": ensemble.config["augmentation"],
+        "data": f"{root} (reduced-fidelity ESC-50 copy), {len(known)} classes, folds {sorted(members)}, {total} clips",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+        "seconds": round(time.time() - started),
+    }
+    out = REPO / "benchmarks" / "results" / f"robustness_{args.name}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print("pooled: " + ", ".join(f"{k} {value:.1f}" for k, value in spread(pooled).items()))
     print(f"wrote {out}")
 
 

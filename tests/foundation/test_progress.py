@@ -150,6 +150,22 @@ def test_training_progress_prints_plain_lines_with_etas_when_not_a_terminal():
     assert not any(BAR in line for line in text)
 
 
+def test_all_folds_eta_counts_folds_training_at_once():
+    """With trainer.parallel_folds, folds share the wall clock: their epochs left are not summed as if in a row."""
+    out, clock = plain_console(), Clock()
+    progress = TrainingProgress(True, num_folds=2, out=out, get_time=clock, every=0.0)
+    progress.on_cv_start({})
+    progress.on_fold_start(1, {"epochs": 3, "steps_per_epoch": 2})
+    progress.on_fold_start(2, {"epochs": 3, "steps_per_epoch": 2})
+    for epoch in (1, 2):
+        clock.now += 20.0
+        progress.on_epoch_end(1, epoch, {"train_loss": 0.5, "val_acc": 0.25})
+        progress.on_epoch_end(2, epoch, {"train_loss": 0.5, "val_acc": 0.25})
+    # Each fold's epoch took 20 s of wall time with the other beside it; one epoch is left of each,
+    # trained side by side: 20 s, not 40 s.
+    assert lines(out)[-1] == "fold 2 epoch 2/3: loss 0.500, val acc 0.250; fold ETA 0:20, all folds ETA 0:20"
+
+
 def test_plain_lines_are_occasional():
     out, clock = plain_console(), Clock()
     progress = TrainingProgress(False, num_folds=1, out=out, get_time=clock, every=15.0)
