@@ -70,9 +70,10 @@ class FeaturesConfig:
     # Mel filter bank: htk (torchaudio's default) or slaney (librosa's default: Slaney scale and
     # area-normalised triangles, what PANNs' weights were trained with).
     mel_scale: str = "htk"
-    # dataset: per-frequency mean/std from the training folds; instance: per
-    # clip; none: raw decibels.
-    normalize: str = "dataset"
+    # instance: per clip (the default: a clip's level, hence the microphone's gain, does not change
+    # the model's input; benchmarks/robustness.py); dataset: per-frequency mean/std from the
+    # training folds (level-sensitive: -20 dB cost 51 points); none: raw decibels.
+    normalize: str = "instance"
     # Compute features once per run and augment spectrograms (fast). False
     # recomputes them from waveforms for every batch.
     precompute: bool = True
