@@ -61,7 +61,7 @@ def test_early_stopping_stops_a_fold(tmp_path):
     assert "train_acc" in cv.folds[0].history[-1]
 
 
-@pytest.mark.parametrize("option", ["precompute=false", "normalize=instance", "kind=mfcc features.n_mfcc=20", "kind=stft"])
+@pytest.mark.parametrize("option", ["precompute=false", "normalize=dataset", "kind=mfcc features.n_mfcc=20", "kind=stft"])
 def test_feature_variants_train(tmp_path, option):
     cv = _cv(tmp_path, *f"features.{option}".split(), "trainer.folds=[1]")
     assert cv.folds[0].val_acc >= 0.6
