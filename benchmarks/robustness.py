@@ -262,15 +262,20 @@ def main() -> None:
         "cv_estimate_tta": meta.get("cv", {}).get("cv_val_acc_tta_mean"),
         "cv_folds": meta["config"]["trainer"]["folds"],
         "data": f"{root} (reduced-fidelity ESC-50 copy), ESC-10 classes, train folds 1-4, test fold {args.fold}",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d"),
-        "seconds": round(time.time() - started),
     }
-    out = REPO / "benchmarks" / "results" / f"robustness_{args.name}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result(result, args.name, started)
     for v in variants:
         print(f"[{v}] " + ", ".join(f"{k} {value:.1f}" for k, value in spread(accuracy[v]).items()))
     print(f"wrote {out}")
+
+
+def write_result(result: dict, name: str, started: float) -> Path:
+    """Add the machine, date and duration to ``result`` and write benchmarks/results/robustness_<name>.json."""
+    result.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+                  date=time.strftime("%Y-%m-%d"), seconds=round(time.time() - started))
+    out = REPO / "benchmarks" / "results" / f"robustness_{name}.json"
+    out.write_text(json.dumps(result, indent=2))
+    return out
 
 
 def fold_members_main(args) -> None:
@@ -320,12 +325,8 @@ def fold_members_main(args) -> None:
         "features": ensemble.config["features"],
         "augmentation": ensemble.config["augmentation"],
         "data": f"{root} (reduced-fidelity ESC-50 copy), {len(known)} classes, folds {sorted(members)}, {total} clips",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d"),
-        "seconds": round(time.time() - started),
     }
-    out = REPO / "benchmarks" / "results" / f"robustness_{args.name}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = write_result(result, args.name, started)
     print("pooled: " + ", ".join(f"{k} {value:.1f}" for k, value in spread(pooled).items()))
     print(f"wrote {out}")
 
