@@ -142,12 +142,12 @@ class TrainingProgress(Callback):
                 per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds)
                 text += f"; {'fold ETA' if fold else 'ETA'} {duration((epochs - epoch) * per_epoch)}"
                 if self.num_folds > 1:
-                    text += f", all folds ETA {duration(self._epochs_left() * per_epoch / self._in_training())}"
+                    text += f", all folds ETA {duration(self._all_folds_seconds(per_epoch))}"
             plain_print(text, self.console)
 
-    def _in_training(self) -> int:
-        """Folds training at once (trainer.parallel_folds): an epoch's wall time is shared among them."""
-        return max(1, len(self.epochs))
+    def _all_folds_seconds(self, per_epoch: float) -> float:
+        """Wall time left: the epochs left, sharing the clock among the folds training at once (parallel_folds)."""
+        return self._epochs_left() * per_epoch / max(1, len(self.epochs))
 
     def _epochs_left(self) -> int:
         """Epochs still to train: the rest of the folds in training, all of those not started."""
@@ -185,7 +185,7 @@ class TrainingProgress(Callback):
             return remaining_seconds(task.completed, task.total, task.elapsed)
         if not self.epoch_seconds:
             return None
-        return self._epochs_left() * sum(self.epoch_seconds) / len(self.epoch_seconds) / self._in_training()
+        return self._all_folds_seconds(sum(self.epoch_seconds) / len(self.epoch_seconds))
 
     def on_model_trained(self, fold: int, model: Any) -> None:
         if fold == 0:  # a final fit has no fold end

@@ -125,7 +125,7 @@ def run(cfg: DictConfig, kept=None) -> float:
     if kept is not None:
         callbacks.append(kept)
     fold_models = None
-    keep_folds = cfg.trainer.final_fit or cfg.trainer.get("keep_fold_models", False)
+    keep_folds = cfg.trainer.final_fit or cfg.trainer.keep_fold_models
     if keep_folds and cfg.trainer.save_fold_ensemble and len(cfg.trainer.folds) > 1:
         from esc_sweep.bundle.ensemble import FoldModels  # deferred: the bundle package, only with a final fit
 
