@@ -332,3 +332,16 @@ def test_fold_ensemble_is_saved_logged_and_predicts_the_average_of_its_folds(two
     assert out.returncode == 0 and json.loads(out.stdout)["tta_crops"] == 0
     out = predict_cli([str(ensemble_dir), str(files[0][0]), "--tta", "-2"], cwd=tmp_path)
     assert out.returncode == 2 and "--tta -2" in one_line(out.stderr)
+
+
+def test_keep_fold_models_saves_the_fold_ensemble_without_a_final_fit(tmp_path):
+    overrides = [o for o in BUNDLE_OVERRIDES if not o.startswith(("trainer.folds", "trainer.final_fit"))]
+    out = run_cli([*overrides, "trainer.folds=[1,2]", "trainer.final_fit=false", "trainer.keep_fold_models=true",
+                   "tracking.enabled=false"], cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    (output_dir,) = [p.parent for p in (tmp_path / "outputs" / "runs").glob("*/*/results.json")]
+    assert not (output_dir / "bundle").exists()  # no final fit, no sixth training
+    meta = json.loads((output_dir / "bundle_ensemble" / "bundle.json").read_text())
+    # Each member is known by the fold it never saw: robustness.py --fold-members scores it there.
+    assert [(m["fold"], m["trained_on_folds"]) for m in meta["members"]] == [(1, [2, 3, 4, 5]), (2, [1, 3, 4, 5])]
+    assert load_bundle(output_dir / "bundle_ensemble").num_members == 2
