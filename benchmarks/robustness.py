@@ -83,8 +83,9 @@ def esc10_rows(root: Path) -> list[dict]:
 def fold_member_bundles(ensemble) -> dict[int, object]:
     """Each member of a fold ensemble as a one-model bundle, by the fold it was held out from."""
     members = ensemble.meta.get("members") or []
-    if len(members) < 2:
-        raise SystemExit(f"--fold-members needs a fold ensemble (bundle_ensemble/), {ensemble.source} has one model")
+    if not members:
+        raise SystemExit(f"--fold-members needs the fold models of a CV (bundle_ensemble/); {ensemble.source} "
+                         "is a single model with no held-out fold on record")
     single = {k: v for k, v in ensemble.meta.items() if k != "members"}
     return {int(m["fold"]): replace(ensemble, model=model, meta=single)
             for m, model in zip(members, ensemble.model.members)}

@@ -125,8 +125,10 @@ def run(cfg: DictConfig, kept=None) -> float:
     if kept is not None:
         callbacks.append(kept)
     fold_models = None
-    keep_folds = cfg.trainer.final_fit or cfg.trainer.keep_fold_models
-    if keep_folds and cfg.trainer.save_fold_ensemble and len(cfg.trainer.folds) > 1:
+    # With a final fit, one fold model is no ensemble worth saving; asked for by name, even one fold is kept
+    # (robustness.py --fold-members scores it on the fold it never saw).
+    keep_folds = cfg.trainer.keep_fold_models or (cfg.trainer.final_fit and len(cfg.trainer.folds) > 1)
+    if keep_folds and cfg.trainer.save_fold_ensemble:
         from esc_sweep.bundle.ensemble import FoldModels  # deferred: the bundle package, only with a final fit
 
         fold_models = FoldModels()  # CPU copies of the fold models, for the fold ensemble bundle
@@ -197,8 +199,11 @@ def save_fold_ensemble(cfg: DictConfig, cv, fold_models, output_dir: Path, run_i
     if fold_models.missing:
         log.warning("fold ensemble: fold(s) %s were restored from checkpoints, their models were not kept; "
                     "the ensemble holds folds %s", fold_models.missing, sorted(fold_models.states))
-    if len(fold_models.states) < 2:
-        log.warning("fold ensemble not saved: fewer than 2 fold models were trained in this run")
+    # trainer.keep_fold_models keeps even one fold model (scored on its own held-out fold); a final fit's
+    # companion ensemble needs two.
+    needed = 1 if cfg.trainer.keep_fold_models else 2
+    if len(fold_models.states) < needed:
+        log.warning("fold ensemble not saved: fewer than %d fold models were trained in this run", needed)
         return None
     log_to_run = bool(cfg.tracking.enabled and run_id)
     path = save_ensemble_bundle(Path(output_dir) / ENSEMBLE_DIR, fold_models.states, cfg, cv.class_names, cv,

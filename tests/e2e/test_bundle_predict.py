@@ -51,6 +51,8 @@ def one_line(text: str) -> str:
 def test_final_fit_writes_a_self_contained_bundle(trained):
     bundle_dir = trained.bundle_dir
     assert {p.name for p in bundle_dir.iterdir()} == {"model.pt", "bundle.json", "metrics.json"}
+    # One CV fold and a final fit: the fold model alone is no ensemble, and is not saved as one.
+    assert not (trained.output_dir / "bundle_ensemble").exists()
     meta = json.loads((bundle_dir / "bundle.json").read_text())
     results = json.loads((trained.output_dir / "results.json").read_text())
     assert meta["class_names"] == CLASS_NAMES
@@ -334,14 +336,18 @@ def test_fold_ensemble_is_saved_logged_and_predicts_the_average_of_its_folds(two
     assert out.returncode == 2 and "--tta -2" in one_line(out.stderr)
 
 
-def test_keep_fold_models_saves_the_fold_ensemble_without_a_final_fit(tmp_path):
+@pytest.mark.parametrize("folds, held_out", [
+    ("[1,2]", [(1, [2, 3, 4, 5]), (2, [1, 3, 4, 5])]),
+    ("[3]", [(3, [1, 2, 4, 5])]),  # one fold asked for by name is kept too: scored on fold 3 only
+])
+def test_keep_fold_models_saves_the_fold_ensemble_without_a_final_fit(tmp_path, folds, held_out):
     overrides = [o for o in BUNDLE_OVERRIDES if not o.startswith(("trainer.folds", "trainer.final_fit"))]
-    out = run_cli([*overrides, "trainer.folds=[1,2]", "trainer.final_fit=false", "trainer.keep_fold_models=true",
+    out = run_cli([*overrides, f"trainer.folds={folds}", "trainer.final_fit=false", "trainer.keep_fold_models=true",
                    "tracking.enabled=false"], cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     (output_dir,) = [p.parent for p in (tmp_path / "outputs" / "runs").glob("*/*/results.json")]
     assert not (output_dir / "bundle").exists()  # no final fit, no sixth training
     meta = json.loads((output_dir / "bundle_ensemble" / "bundle.json").read_text())
     # Each member is known by the fold it never saw: robustness.py --fold-members scores it there.
-    assert [(m["fold"], m["trained_on_folds"]) for m in meta["members"]] == [(1, [2, 3, 4, 5]), (2, [1, 3, 4, 5])]
-    assert load_bundle(output_dir / "bundle_ensemble").num_members == 2
+    assert [(m["fold"], m["trained_on_folds"]) for m in meta["members"]] == held_out
+    assert load_bundle(output_dir / "bundle_ensemble").num_members == len(held_out)
