@@ -209,7 +209,8 @@ def save_fold_ensemble(cfg: DictConfig, cv, fold_models, output_dir: Path, run_i
     path = save_ensemble_bundle(Path(output_dir) / ENSEMBLE_DIR, fold_models.states, cfg, cv.class_names, cv,
                                 run_id=run_id if log_to_run else None)
     load_bundle(path)  # proves the saved files load
-    console.print(f"[bold green]fold ensemble saved[/] to {path} ({len(fold_models.states)} fold models, "
+    count = len(fold_models.states)
+    console.print(f"[bold green]fold ensemble saved[/] to {path} ({count} fold model{'s' if count != 1 else ''}, "
                   f"predict averages them)")
     if log_to_run:
         log_folder(resolve_tracking_uri(cfg), run_id, path, ENSEMBLE_DIR)
