@@ -117,8 +117,7 @@ def test_band_limit_silences_a_top_band_with_a_taper_in_some_clips_only():
 
 def test_band_limit_comes_after_mixup_so_the_removed_band_stays_silent():
     # A clip recorded at 8 kHz has nothing above 4 kHz, mixture or not. Limited before
-    # mixup, the partner refilled the band and the model never saw it empty (ESC-50 fold 1:
-    # 59 % on 8 kHz input, 76.5 % as recorded).
+    # mixup, the partner refilled the band and the model rarely saw it empty.
     torch.manual_seed(0)
     cfg = compose_config(["augmentation=default", "augmentation.band_limit_prob=1.0",
                           "augmentation.band_limit_max_fraction=0.25", "augmentation.mixup_alpha=1.0",
