@@ -181,8 +181,8 @@ class Augment(nn.Module):
         self.mixup = Mixup(cfg.mixup_alpha, cfg.mixup_prob) if cfg.mixup_alpha > 0 else None
         # Band limiting imitates the recording channel, so it comes last, after mixup: a mixture
         # recorded at 8 kHz has nothing above 4 kHz. Before mixup, the partner clip refilled the
-        # removed band of nearly every limited clip (mixup mixes decibels: a band 80 dB down, mixed
-        # 70/30 with a partner's, ends about 24 dB down), so the model rarely saw a truly empty band.
+        # removed band of nearly every limited clip (mixup averages decibels, so a partner's band
+        # lifts the silent one by its share of the gap), and the model rarely saw a truly empty band.
         self.band_limit = (RandomBandLimit(cfg.band_limit_prob, cfg.band_limit_max_fraction, cfg.band_limit_floor_db)
                            if cfg.band_limit_prob > 0 and cfg.band_limit_max_fraction > 0 else None)
 
