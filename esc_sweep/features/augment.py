@@ -87,6 +87,11 @@ class RandomBandLimit(nn.Module):
         batch, bins = x.shape[0], x.shape[-2]
         removed = torch.rand(batch, device=x.device) * self.max_fraction * bins
         apply = torch.rand(batch, device=x.device) < self.prob
+        return torch.where(apply.view(batch, 1, 1, 1), self.limit(x, removed), x)
+
+    def limit(self, x: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """Every clip of ``x`` [B, 1, F, T] with its top ``removed`` [B] bins (fractional) silenced."""
+        batch, bins = x.shape[0], x.shape[-2]
         cutoff = (bins - removed).view(batch, 1, 1, 1)
         taper = max(1.0, self.TAPER_FRACTION * bins)
         position = torch.arange(bins, device=x.device, dtype=x.dtype).view(1, 1, bins, 1)
@@ -94,8 +99,7 @@ class RandomBandLimit(nn.Module):
         attenuation = ((position - (cutoff - taper)) / taper).clamp(0, 1) * self.floor_db
         floor = x.amax(dim=(1, 2, 3), keepdim=True) - self.floor_db
         # Faded down to the floor, never raised to it (a cell already below the floor stays).
-        limited = torch.maximum(x - attenuation, torch.minimum(x, floor))
-        return torch.where(apply.view(batch, 1, 1, 1), limited, x)
+        return torch.maximum(x - attenuation, torch.minimum(x, floor))
 
 
 class Masking(nn.Module):
