@@ -113,3 +113,18 @@ def test_band_limit_silences_a_top_band_with_a_taper_in_some_clips_only():
         assert 0 < silent - first <= taper + 1  # ... reached through a fade of about TAPER_FRACTION of the axis
         assert silent >= 64 - int(0.4 * 64) - taper  # (a bin deep in the fade can already sit at the floor)
     assert torch.equal(RandomBandLimit(prob=0.0, max_fraction=0.4)(x), x)
+
+
+def test_band_limit_at_a_given_cutoff_silences_exactly_the_bins_above_it():
+    from esc_sweep.features.augment import RandomBandLimit
+
+    torch.manual_seed(3)
+    x = 40 + 10 * torch.randn(5, 1, 64, 12)  # nothing near the floor
+    removed = torch.tensor([0.0, 4.0, 10.0, 16.0, 25.0])
+    y = RandomBandLimit(prob=1.0, max_fraction=0.4, floor_db=80.0).limit(x, removed)
+    taper = RandomBandLimit.TAPER_FRACTION * 64
+    for clip_x, clip_y, k in zip(x, y, removed.tolist()):
+        floor = clip_x.max() - 80
+        cutoff = 64 - k
+        assert torch.equal(clip_y[0, : int(cutoff - taper) + 1], clip_x[0, : int(cutoff - taper) + 1])  # below: as is
+        assert torch.allclose(clip_y[0, int(cutoff):], floor.expand_as(clip_y[0, int(cutoff):]))  # above: silence
