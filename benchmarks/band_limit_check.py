@@ -21,19 +21,18 @@ the model makes of a narrower band, not a mismatch.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
 
-import soundfile as sf
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.robustness import audio_path, esc50_rows, fold_member_bundles  # noqa: E402
 from esc_sweep.bundle import load_bundle  # noqa: E402
-from esc_sweep.data.audio import resample  # noqa: E402
+from esc_sweep.data.audio import decode, resample  # noqa: E402
 from esc_sweep.features.augment import RandomBandLimit  # noqa: E402
 
 CUTOFFS = (0.15, 0.20, 0.244, 0.30)  # fractions of the mel axis removed; 0.244: 4 kHz of 64 HTK mels to 8 kHz
@@ -58,22 +57,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_bundle(Path(args.bundle))
-    members = bundle.meta.get("members") or []
-    if members and all(m["fold"] != args.fold for m in members):
-        raise SystemExit(f"no member of {args.bundle} was held out from fold {args.fold}")
-    if members:  # the one member that never saw the fold
-        bundle.model = bundle.model.members[[m["fold"] for m in members].index(args.fold)]
+    if bundle.meta.get("members"):  # a CV's fold models: the one that never saw the fold
+        members = fold_member_bundles(bundle)
+        if args.fold not in members:
+            raise SystemExit(f"no member of {args.bundle} was held out from fold {args.fold}")
+        bundle = members[args.fold]
     root = Path(args.root)
-    with open(root / "meta" / "esc50.csv") as handle:
-        rows = [r for r in csv.DictReader(handle) if int(r["fold"]) == args.fold and r["category"] in bundle.class_names]
-    waves, labels = [], []
-    for row in rows:
-        (path,) = sorted((root / "audio").glob(Path(row["filename"]).stem + ".*"))
-        audio, rate = sf.read(path, dtype="float32", always_2d=True)
-        wave = resample(torch.from_numpy(audio.mean(1)), rate, bundle.sample_rate)[: bundle.clip_samples]
-        waves.append(torch.nn.functional.pad(wave, (0, bundle.clip_samples - wave.shape[-1])))
-        labels.append(bundle.class_names.index(row["category"]))
-    waves, labels = torch.stack(waves), torch.tensor(labels)
+    rows = [r for r in esc50_rows(root) if int(r["fold"]) == args.fold and r["category"] in bundle.class_names]
+    waves = torch.stack([decode(audio_path(root, r["filename"]), bundle.sample_rate, bundle.clip_samples)
+                         for r in rows])
+    labels = torch.tensor([bundle.class_names.index(r["category"]) for r in rows])
     sr = bundle.sample_rate
 
     def accuracy(spectrograms: torch.Tensor) -> float:
