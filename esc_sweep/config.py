@@ -167,6 +167,9 @@ class TrainerConfig:
     seed: int = 0
     deterministic: bool = True
     folds: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # Repeat the whole CV this many times with seeds seed, seed+1, ... (the folds stay the official
+    # ones): accuracy mean and std over repeats x folds, plus the seed-to-seed spread. Costs N runs.
+    repeats: int = 1
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # 0 disables
     ema_decay: float = 0.0  # 0 disables; evaluation then uses the EMA weights
@@ -309,6 +312,7 @@ def validate(cfg: Any) -> None:
         "trainer.batch_size",
         "trainer.eval_batch_size",
         "trainer.train_eval_every",
+        "trainer.repeats",
         "features.sample_rate",
         "features.n_fft",
         "features.hop_length",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 from rich.console import Console
@@ -17,9 +19,26 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def _caption(cv: CVResult) -> str:
+    """The interval of the mean accuracy, the selection protocol and the wall time, under the table."""
+    s = cv.summary()
+    lines = []
+    low, high = s["cv_val_acc_ci95_low"], s["cv_val_acc_ci95_high"]
+    if math.isfinite(low):
+        unit = "folds (each averaged over its repeats)" if cv.repeats > 1 else "folds"
+        lines.append(f"val acc {_pct(s['cv_val_acc_mean'])} %, 95 % interval {_pct(low)}-{_pct(high)} "
+                     f"(Student t over {len(cv.fold_means())} {unit})")
+    if cv.repeats > 1:
+        lines.append(f"{cv.repeats} repeats (rN fK: repeat N, fold K): seed-to-seed std of the mean "
+                     f"{_pct(s['cv_val_acc_seed_std'])} points")
+    lines.append(f"selection: {cv.validation} ({SELECTION_NOTES.get(cv.validation, '')})")
+    lines.append(f"wall time {cv.seconds:.0f} s")
+    return "\n".join(lines)
+
+
 def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)") -> Table:
     inner = cv.validation == "inner"
-    table = Table(title=title, caption=f"selection: {cv.validation} ({SELECTION_NOTES.get(cv.validation, '')})")
+    table = Table(title=title, caption=_caption(cv))
     columns = ["fold", "val acc", "train acc", "gap", "val F1", "val loss", "epochs", "seconds"]
     if inner:
         columns.insert(2, "inner acc")
@@ -38,15 +57,17 @@ def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)
             cells.insert(2, tta_cell)
         table.add_row(*cells, **style)
 
+    repeats = cv.repeats > 1
     for f in cv.folds:
-        row(str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
+        row(f"r{f.repeat} f{f.fold}" if repeats else str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
             f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
             inner_cell=_pct(f.inner_acc) if f.inner_acc is not None else "-",
             tta_cell=_pct(f.val_acc_tta) if tta else "")
     s = cv.summary()
     table.add_section()
     row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
-        f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "", f"{cv.seconds:.0f}", style="bold",
+        f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "",
+        f"{statistics.fmean(f.seconds for f in cv.folds):.0f}", style="bold",  # per fold, like the rows above
         inner_cell=_pct(s["cv_inner_acc_mean"]) if "cv_inner_acc_mean" in s else "",
         tta_cell=_pct(s["cv_val_acc_tta_mean"]) if "cv_val_acc_tta_mean" in s else "")
     if len(cv.folds) < 2:  # one fold has no spread to show

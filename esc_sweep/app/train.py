@@ -1,8 +1,9 @@
 """The Hydra application: ``python -m esc_sweep [overrides]``.
 
 Composes the config, validates it, runs the cross-validation with tracking,
-prints the results and returns the mean validation accuracy (the objective a
-sweep maximises).
+prints the results and returns the objective a sweep maximises
+(``CVResult.objective``: the inner split's mean accuracy with
+``trainer.validation=inner``, else the test folds' mean accuracy).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ def run(cfg: DictConfig, kept=None) -> float:
         init = read_init_weights(cfg.model.init_from)
     _share_cores_between_trials(cfg)
     callbacks = build_callbacks(cfg, first=warm_up)
-    progress = TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds))
+    progress = TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds) * cfg.trainer.repeats)
     if kept is not None:
         callbacks.append(kept)
     fold_models = None

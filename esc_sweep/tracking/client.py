@@ -27,6 +27,7 @@ ROLE_TAG = "esc_sweep.role"  # study | cv | fold
 STUDY_TAG = "esc_sweep.study"
 TRIAL_TAG = "esc_sweep.trial"
 FOLD_TAG = "fold"
+REPEAT_TAG = "esc_sweep.repeat"  # which repeat of the CV a fold run belongs to (trainer.repeats > 1)
 ERROR_TAG = "esc_sweep.error"
 # How a CV run ended: finished | pruned | failed | interrupted. A pruned sweep trial's runs end
 # FINISHED (MLflow has no PRUNED status; KILLED looks like a failure) with esc_sweep.status=pruned,

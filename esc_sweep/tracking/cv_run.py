@@ -59,6 +59,7 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     _MAX_PARAM_LENGTH,
     ERROR_TAG,
     FOLD_TAG,
+    REPEAT_TAG,
     NOTE_TAG,
     PARENT_TAG,
     PRUNED_SUFFIX,
@@ -206,9 +207,11 @@ class MlflowTracker(Callback):
         self._parent_params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._class_names: list[str] = []
-        self._fold_runs: dict[int, str] = {}  # open fold runs
+        self._fold_runs: dict[int, str] = {}  # open fold runs (of the current repeat)
         self._logged: dict[int, set[tuple[str, int]]] = {}  # (metric, epoch) already sent per fold
-        self._earlier_fold_runs: dict[int, list] = {}  # fold runs of an interrupted attempt
+        self._earlier_fold_runs: dict[tuple[int, int], list] = {}  # (repeat, fold): runs of an interrupted attempt
+        self._repeat = 0  # the repeat in training (trainer.repeats); fold runs of repeat r > 0 are tagged so
+        self._repeats = 1
         self._model: torch.nn.Module | None = None
         self._num_parameters: int | None = None
         self._system_metrics = None  # CPU/memory/GPU sampler of the CV run (tracking.system_metrics)
@@ -242,6 +245,7 @@ class MlflowTracker(Callback):
             self.client, cfg.tracking.experiment_name, _default_artifact_location(self.tracking_uri)
         )
         clips = context["clips"]
+        self._repeats = int(context.get("repeats", 1))
         self._class_names = list(clips.class_names)
         self._tags = run_labels(cfg, self._class_names, clips.fingerprint)
         checkpoints = context.get("checkpoints")
@@ -259,8 +263,9 @@ class MlflowTracker(Callback):
             _log_tags(self.client, self.parent_run_id, self._tags)  # a run from an older esc_sweep gets them too
             for child in self._children(self.parent_run_id):
                 fold = child.data.tags.get(FOLD_TAG)
-                if fold and fold.isdigit():
-                    self._earlier_fold_runs.setdefault(int(fold), []).append(child)
+                repeat = child.data.tags.get(REPEAT_TAG, "0")
+                if fold and fold.isdigit() and repeat.isdigit():
+                    self._earlier_fold_runs.setdefault((int(repeat), int(fold)), []).append(child)
             log.info("MLflow: resuming run %s", self.parent_run_id)
         else:
             self.parent_run_id = self._create_parent(environment.get("git_commit"))
@@ -324,6 +329,9 @@ class MlflowTracker(Callback):
 
     # ---- folds
 
+    def on_repeat_start(self, repeat: int, seed: int) -> None:
+        self._repeat = repeat
+
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         self._model = context.get("model")
         self._num_parameters = context.get("num_parameters")
@@ -339,7 +347,11 @@ class MlflowTracker(Callback):
                 **_source_tags(), **(extra_tags or {})}
         if self.cfg.sweep.trial_number is not None:
             tags[TRIAL_TAG] = str(self.cfg.sweep.trial_number)
-        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=f"fold-{fold}").info.run_id
+        name = f"fold-{fold}"
+        if self._repeats > 1:
+            tags[REPEAT_TAG] = str(self._repeat)
+            name = f"repeat-{self._repeat}-fold-{fold}"
+        run_id = self.client.create_run(self.experiment_id, tags=tags, run_name=name).info.run_id
         params = {"fold": str(fold)}
         if self._num_parameters is not None:
             params["num_parameters"] = str(self._num_parameters)
@@ -348,12 +360,12 @@ class MlflowTracker(Callback):
         return run_id
 
     def _delete_earlier_runs(self, fold: int, keep_finished: bool) -> None:
-        for run in self._earlier_fold_runs.get(fold, []):
+        for run in self._earlier_fold_runs.get((self._repeat, fold), []):
             if keep_finished and run.info.status == "FINISHED":
                 continue
             log.info("MLflow: deleting run %s of an interrupted attempt at fold %d", run.info.run_id, fold)
             self.client.delete_run(run.info.run_id)
-        self._earlier_fold_runs.pop(fold, None)
+        self._earlier_fold_runs.pop((self._repeat, fold), None)
 
     def on_model_trained(self, fold: int, model: torch.nn.Module) -> None:
         self._model = model  # the evaluated model (EMA copy when enabled)
@@ -369,7 +381,7 @@ class MlflowTracker(Callback):
     def on_fold_end(self, result: FoldResult, resumed: bool = False) -> None:
         fold = result.fold
         if resumed:
-            earlier = self._earlier_fold_runs.get(fold, [])
+            earlier = self._earlier_fold_runs.get((self._repeat, fold), [])
             if any(run.info.status == "FINISHED" for run in earlier):
                 self._delete_earlier_runs(fold, keep_finished=True)  # keep the finished one
                 return
@@ -455,7 +467,9 @@ class MlflowTracker(Callback):
     def on_cv_end(self, result: CVResult) -> None:
         run_id = self.parent_run_id
         summary = {k: v for k, v in result.summary().items() if v is not None}
-        per_fold = {f"fold_{f.fold}_val_acc": f.val_acc for f in result.folds}
+        # One value per fold (its mean over the repeats, with trainer.repeats).
+        per_fold = {f"fold_{fold}_val_acc": acc
+                    for fold, acc in zip(sorted({f.fold for f in result.folds}), result.fold_means("val_acc"))}
         _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
         self._log_per_fold_series(result)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
@@ -499,11 +513,12 @@ class MlflowTracker(Callback):
     def _log_per_fold_series(self, result: CVResult) -> None:
         """``val_acc`` etc. of each fold at step = fold number: on the CV run's charts they line up with the mean."""
         now = _now_ms()
+        folds = sorted({f.fold for f in result.folds})
         points = [
-            Metric(key, display_value(value), now, fold.fold)
-            for fold in result.folds
+            Metric(key, display_value(value), now, fold)
             for key in PER_FOLD_KEYS
-            if (value := getattr(fold, key, None)) is not None
+            if all(getattr(f, key, None) is not None for f in result.folds)
+            for fold, value in zip(folds, result.fold_means(key))
         ]
         if self._resumed:  # a reopened run may hold some of these points already
             logged = {(key, m.step) for key in PER_FOLD_KEYS

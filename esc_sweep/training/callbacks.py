@@ -2,7 +2,7 @@
 
 Tracking (MLflow), progress display and sweep pruning are callbacks, so the
 trainer knows none of them. Every method is optional. The calls, in order:
-on_cv_start, then per fold on_fold_start, on_step_end (every step),
+on_cv_start, then per repeat on_repeat_start and per fold on_fold_start, on_step_end (every step),
 on_epoch_end (every epoch), on_model_trained, on_fold_end; finally on_cv_end,
 or on_exception when the run stops. A final fit calls the per-fold hooks with
 fold 0.
@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 class Callback:
     def on_cv_start(self, context: dict[str, Any]) -> None:
         """Called once data and features are ready: context has config, clips, device, ..."""
+
+    def on_repeat_start(self, repeat: int, seed: int) -> None:
+        """Before each repeat of the folds (``trainer.repeats``; repeat 0 is the plain run), with its seed."""
 
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         """Before fold ``fold`` trains; context has the model and its parameter count."""
@@ -50,6 +53,10 @@ class CallbackList(Callback):
     def on_cv_start(self, context):
         for cb in self.callbacks:
             cb.on_cv_start(context)
+
+    def on_repeat_start(self, repeat, seed):
+        for cb in self.callbacks:
+            cb.on_repeat_start(repeat, seed)
 
     def on_fold_start(self, fold, context):
         for cb in self.callbacks:
@@ -147,6 +154,9 @@ class BuiltInBackground(Callback):
 
     def on_cv_start(self, context):
         self._call("on_cv_start", context)
+
+    def on_repeat_start(self, repeat, seed):
+        self._call("on_repeat_start", repeat, seed)
 
     def on_fold_start(self, fold, context):
         self._call("on_fold_start", fold, context)

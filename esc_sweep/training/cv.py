@@ -103,11 +103,35 @@ def run_fold(
     )
 
 
+def repeat_config(cfg: DictConfig, repeat: int) -> DictConfig:
+    """The config of repeat ``repeat`` of the CV (``trainer.repeats``): the same folds, seed ``seed + repeat``.
+
+    Repeat 0 is the plain run. Each repeat has its own checkpoint folder (the seed is part
+    of its key), so resume and parallel folds work per repeat unchanged.
+    """
+    if repeat == 0:
+        return cfg
+    copy = cfg.copy()
+    copy.trainer.seed = int(cfg.trainer.seed) + repeat
+    return copy
+
+
+def open_checkpoints(cfg: DictConfig, fingerprint: str) -> FoldCheckpoints:
+    """The run's checkpoint folder, ready: afresh after a completed run, reopened for other folds."""
+    checkpoints = FoldCheckpoints(checkpoint_dir(cfg) / config_key(cfg, fingerprint))
+    completed = checkpoints.completed_folds()
+    if not cfg.trainer.resume or completed == sorted(cfg.trainer.folds):
+        checkpoints.reset()  # resuming is for interrupted runs: the same command after a completed run starts afresh
+    elif completed is not None:
+        checkpoints.reopen()  # other folds than the completed run's: its finished folds are reused
+    return checkpoints
+
+
 def cross_validate(
     cfg: DictConfig, callbacks: list[Callback] | None = None, init: InitWeights | None = None,
     mark_complete: bool = True,
 ) -> CVResult:
-    """Run the configured folds; returns per-fold and aggregate results.
+    """Run the configured folds (``trainer.repeats`` times); returns per-fold and aggregate results.
 
     ``init``: weights every fold's model starts from (``model.init_from``, read by the caller).
     ``mark_complete=False`` leaves marking the run complete to the caller (``mark_cv_complete``).
@@ -121,43 +145,26 @@ def cross_validate(
     clips, spectrograms, targets = prepare(cfg, device)
     check_folds(clips, cfg.trainer.folds)
 
-    checkpoints = FoldCheckpoints(checkpoint_dir(cfg) / config_key(cfg, clips.fingerprint))
-    completed = checkpoints.completed_folds()
-    if not cfg.trainer.resume or completed == sorted(cfg.trainer.folds):
-        checkpoints.reset()  # resuming is for interrupted runs: the same command after a completed run starts afresh
-    elif completed is not None:
-        checkpoints.reopen()  # other folds than the completed run's: its finished folds are reused
+    repeats = [repeat_config(cfg, repeat) for repeat in range(cfg.trainer.repeats)]
+    checkpoints = [open_checkpoints(repeat_cfg, clips.fingerprint) for repeat_cfg in repeats]
     callbacks.on_cv_start({
         "config": cfg,
         "clips": clips,
         "device": device,
-        "checkpoints": checkpoints,
+        "checkpoints": checkpoints[0],
+        "repeats": len(repeats),
         "feature_shape": tuple(spectrograms[torch.zeros(1, dtype=torch.long, device=device)].shape[1:]),
     })
 
     try:
-        by_fold: dict[int, FoldResult] = {}
-        todo = []
-        for fold in cfg.trainer.folds:
-            result = checkpoints.load(fold)
-            if result is None:
-                todo.append(fold)
-            else:
-                by_fold[fold] = result
-                callbacks.on_fold_end(result, True)
-        if cfg.trainer.parallel_folds > 1 and len(todo) > 1:
-            trained = run_folds_in_parallel(cfg, todo, cfg.trainer.parallel_folds, device, callbacks, init,
-                                            checkpoints.directory)
-        else:
-            trained = (run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init, checkpoints)
-                       for fold in todo)
-        for result in trained:
-            checkpoints.save(result)
-            by_fold[result.fold] = result
-            callbacks.on_fold_end(result, False)
-        results = [by_fold[fold] for fold in cfg.trainer.folds]
+        results: list[FoldResult] = []
+        for repeat, (repeat_cfg, kept) in enumerate(zip(repeats, checkpoints)):
+            callbacks.on_repeat_start(repeat, int(repeat_cfg.trainer.seed))
+            results += run_folds(repeat_cfg, repeat, clips, spectrograms, targets, device, callbacks, init, kept)
         cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started,
-                      validation=cfg.trainer.validation, checkpoint_dir=checkpoints.directory)
+                      validation=cfg.trainer.validation, checkpoint_dir=checkpoints[0].directory,
+                      checkpoint_dirs=[c.directory for c in checkpoints],
+                      dataset=str(cfg.dataset.name), fingerprint=str(clips.fingerprint))
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)
@@ -167,14 +174,43 @@ def cross_validate(
     return cv
 
 
+def run_folds(
+    cfg: DictConfig, repeat: int, clips: ClipSet, spectrograms: Spectrograms, targets: torch.Tensor,
+    device: torch.device, callbacks: Callback, init: InitWeights | None, checkpoints: FoldCheckpoints,
+) -> list[FoldResult]:
+    """One repeat of the CV: the folds saved in ``checkpoints`` are reused, the others trained."""
+    by_fold: dict[int, FoldResult] = {}
+    todo = []
+    for fold in cfg.trainer.folds:
+        result = checkpoints.load(fold)
+        if result is None:
+            todo.append(fold)
+        else:
+            result.repeat = repeat
+            by_fold[fold] = result
+            callbacks.on_fold_end(result, True)
+    if cfg.trainer.parallel_folds > 1 and len(todo) > 1:
+        trained = run_folds_in_parallel(cfg, todo, cfg.trainer.parallel_folds, device, callbacks, init,
+                                        checkpoints.directory)
+    else:
+        trained = (run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init, checkpoints)
+                   for fold in todo)
+    for result in trained:
+        result.repeat = repeat
+        checkpoints.save(result)
+        by_fold[result.fold] = result
+        callbacks.on_fold_end(result, False)
+    return [by_fold[fold] for fold in cfg.trainer.folds]
+
+
 def mark_cv_complete(cv: CVResult, cfg: DictConfig) -> None:
     """Record that this run finished: the same command again starts afresh (until then it resumes).
 
     The app calls it only after results.json is written and the final fit is done, so a
     crash, a full disk or a kill in between leaves every finished fold resumable.
     """
-    if cv.checkpoint_dir is not None:
-        FoldCheckpoints(cv.checkpoint_dir).mark_complete(list(cfg.trainer.folds))
+    for directory in cv.checkpoint_dirs or ([cv.checkpoint_dir] if cv.checkpoint_dir is not None else []):
+        FoldCheckpoints(directory).mark_complete(list(cfg.trainer.folds))
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:

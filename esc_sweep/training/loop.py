@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +224,30 @@ def restore_training_state(
     return state["epoch"], state["history"], state["val"], state["best_val"], state["epochs_without_gain"]
 
 
+# The values of an epoch record that must be finite, with the words an error uses for them. A NaN
+# model still has accuracies (argmax of NaN logits is class 0): only its losses give it away.
+CHECKED = {
+    "train_loss": "training loss",
+    "train_eval_loss": "training-set evaluation loss",
+    "inner_loss": "inner validation loss",
+    "val_loss": "validation loss",
+    "val_f1": "validation F1",
+}
+
+
+def check_finite(record: dict[str, Any], fold: int, cfg: DictConfig) -> None:
+    """Raise NonFiniteLossError when a loss (or another metric) of an epoch record is NaN or infinite."""
+    bad = [key for key, value in record.items()
+           if (key in CHECKED or key.endswith("_acc")) and isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        what = ", ".join(f"{CHECKED.get(key, key)} is {record[key]}" for key in bad)
+        where = f"fold {fold}" if fold else "final fit"
+        raise NonFiniteLossError(
+            f"{where}, epoch {record.get('epoch')}: {what}. "
+            f"Lower optimizer.lr (now {cfg.optimizer.lr}) or set trainer.grad_clip=1.0."
+        )
+
+
 def fit(
     cfg: DictConfig,
     data: TrainingData,
@@ -281,11 +306,6 @@ def fit(
         # One host synchronisation per epoch.
         train_loss = float(loss_sum) / steps_per_epoch
         train_seconds = time.perf_counter() - started
-        if not torch.isfinite(torch.tensor(train_loss)):
-            raise NonFiniteLossError(
-                f"fold {fold}, epoch {epoch + 1}: training loss is {train_loss}. "
-                f"Lower optimizer.lr (now {cfg.optimizer.lr}) or set trainer.grad_clip=1.0."
-            )
         record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": trainee.scheduler.get_last_lr()[0]}
         last_epoch = epoch + 1 == tc.epochs
         if last_epoch or (epoch + 1) % tc.train_eval_every == 0:
@@ -303,6 +323,8 @@ def fit(
         record["epoch_seconds"] = time.perf_counter() - started
         record["train_seconds"] = train_seconds
         record["eval_seconds"] = record["epoch_seconds"] - train_seconds
+        # Before anyone sees the epoch: a NaN never reaches a table, a curve or a pruner.
+        check_finite(record, fold, cfg)
         history.append(record)
         callbacks.on_epoch_end(fold, epoch + 1, record)
 
@@ -324,6 +346,7 @@ def fit(
         history[-1]["train_eval_loss"] = train_eval["loss"]
         if val is not None:
             history[-1]["gap"] = train_eval["acc"] - val["acc"]
+        check_finite(history[-1], fold, cfg)
     if data.val_index is not None and tc.tta_crops > 1:  # test-time crops: scored once, after training
         history[-1]["val_acc_tta"] = evaluate_tta(eval_model, data, data.val_index, cfg, device)["acc"]
     final_model = trainee.ema.module if trainee.ema is not None else model

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import torch
 
+from esc_sweep.stats import mean_interval
 from esc_sweep.training import metrics
 
 
@@ -27,6 +28,7 @@ class FoldResult:
     # Accuracy on the test fold with trainer.tta_crops crops per clip (training/tta.py); None when off.
     # ``fit`` leaves it in the last epoch's record, where it is taken from when not given.
     val_acc_tta: Optional[float] = None
+    repeat: int = 0  # which repeat of the CV (trainer.repeats): each repeat trains every fold with its own seed
 
     def __post_init__(self) -> None:
         if self.val_acc_tta is None and self.history:
@@ -66,13 +68,29 @@ class CVResult:
     class_names: list[str]
     seconds: float = 0.0
     validation: str = "none"  # trainer.validation: how decisions were made (SELECTION_NOTES)
+    # What the accuracies were measured on, so that runs can be compared only with their like:
+    # dataset name, data fingerprint, folds (esc-sweep compare pairs runs fold by fold).
+    dataset: str = ""
+    fingerprint: str = ""
     # Where the finished folds are kept; the caller marks the run complete there once its
     # results are safely written (not part of to_dict: a location, not a result).
     checkpoint_dir: Any = field(default=None, compare=False, repr=False)
+    checkpoint_dirs: list = field(default_factory=list, compare=False, repr=False)  # one per repeat
 
     @property
     def pooled_confusion(self) -> list[list[int]]:
         return torch.stack([torch.tensor(f.confusion) for f in self.folds]).sum(0).tolist()
+
+    @property
+    def repeats(self) -> int:
+        return len({f.repeat for f in self.folds})
+
+    def fold_means(self, name: str = "val_acc") -> list[float]:
+        """``name`` per fold, averaged over the repeats: one value per fold, in fold order."""
+        by_fold: dict[int, list[float]] = {}
+        for f in self.folds:
+            by_fold.setdefault(f.fold, []).append(getattr(f, name))
+        return [statistics.fmean(by_fold[fold]) for fold in sorted(by_fold)]
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -80,6 +98,15 @@ class CVResult:
             mean, std = _mean_std([getattr(f, name) for f in self.folds])
             out[f"cv_{name}_mean"] = mean
             out[f"cv_{name}_std"] = std
+        # The 95 % Student-t interval of the mean accuracy over folds. With repeats, a fold's
+        # repeats share its test clips, so the fold (its mean over repeats) is the unit.
+        out["cv_val_acc_ci95_low"], out["cv_val_acc_ci95_high"] = mean_interval(self.fold_means("val_acc"))
+        if self.repeats > 1:  # how much the mean moves with the seed alone
+            by_repeat: dict[int, list[float]] = {}
+            for f in self.folds:
+                by_repeat.setdefault(f.repeat, []).append(f.val_acc)
+            out["cv_val_acc_seed_std"] = _mean_std([statistics.fmean(v) for v in by_repeat.values()])[1]
+            out["cv_repeats"] = float(self.repeats)
         inner = [f.inner_acc for f in self.folds]
         if inner and all(v is not None for v in inner):
             out["cv_inner_acc_mean"], out["cv_inner_acc_std"] = _mean_std(inner)
@@ -114,4 +141,6 @@ class CVResult:
             "seconds": self.seconds,
             "validation": self.validation,
             "selection": SELECTION_NOTES.get(self.validation, self.validation),
+            "data": {"dataset": self.dataset, "fingerprint": self.fingerprint,
+                     "folds": sorted({f.fold for f in self.folds}), "repeats": self.repeats},
         }
