@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "serve": "esc_sweep.app.serve",
     "plots": "esc_sweep.app.plots",
     "runs": "esc_sweep.app.runs",
+    "compare": "esc_sweep.app.compare",
     "dashboard": "esc_sweep.app.dashboard",
 }
 
@@ -91,6 +92,11 @@ def check_overrides(args: list[str]) -> None:
         key = arg.lstrip("+~").partition("=")[0]
         if key.startswith(("hydra.callbacks", "hydra/callbacks")):
             raise ConfigError(f"{arg!r}: refused. hydra.callbacks cannot be set from the command line.")
+    from esc_sweep.config import dataset_override_problems  # deferred: hydra/omegaconf, only for training commands
+
+    problems = dataset_override_problems(args)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "invalid config:\n  " + "\n  ".join(problems))
 
 
 def version_text() -> str:

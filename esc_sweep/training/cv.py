@@ -164,7 +164,8 @@ def cross_validate(
         cv = CVResult(folds=results, class_names=clips.class_names, seconds=time.perf_counter() - started,
                       validation=cfg.trainer.validation, checkpoint_dir=checkpoints[0].directory,
                       checkpoint_dirs=[c.directory for c in checkpoints],
-                      dataset=str(cfg.dataset.name), fingerprint=str(clips.fingerprint))
+                      dataset=str(cfg.dataset.name), fingerprint=str(clips.fingerprint),
+                      dataset_folds=int(torch.unique(clips.folds).numel()))
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)

@@ -72,6 +72,7 @@ class CVResult:
     # dataset name, data fingerprint, folds (esc-sweep compare pairs runs fold by fold).
     dataset: str = ""
     fingerprint: str = ""
+    dataset_folds: int = 0  # folds the data set is split into (5 for ESC-50), whatever trainer.folds runs
     # Where the finished folds are kept; the caller marks the run complete there once its
     # results are safely written (not part of to_dict: a location, not a result).
     checkpoint_dir: Any = field(default=None, compare=False, repr=False)
@@ -141,6 +142,6 @@ class CVResult:
             "seconds": self.seconds,
             "validation": self.validation,
             "selection": SELECTION_NOTES.get(self.validation, self.validation),
-            "data": {"dataset": self.dataset, "fingerprint": self.fingerprint,
+            "data": {"dataset": self.dataset, "fingerprint": self.fingerprint, "dataset_folds": self.dataset_folds,
                      "folds": sorted({f.fold for f in self.folds}), "repeats": self.repeats},
         }
