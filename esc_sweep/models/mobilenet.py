@@ -10,9 +10,19 @@ convolutions, which is why torchvision's own ``InvertedResidual`` does not fit),
 and the head is ``classifier.2`` (hidden) and ``classifier.5`` (logits).
 ``convert_state_dict`` drops ``classifier.5`` (the AudioSet logits).
 
-Input: esc_sweep's decibel log-mel [B, 1, mels, frames]. EfficientAT's own
-front end gives ``(ln(mel + 1e-5) + 4.5) / 5``; the forward turns decibels into
-that scale (10 log10 -> ln), so its weights see the values they were trained on.
+Front end. EfficientAT's weights saw ``(ln(mel + 1e-5) + 4.5) / 5`` of a pre-emphasised
+(``x[n+1] - 0.97 x[n]``), symmetric-Hann, 800-sample-window STFT through Kaldi's mel triangles
+(its ``AugmentMelSTFT`` in eval mode). Two inputs reach the model:
+
+- ``EfficientATMel`` below computes exactly that from a waveform, as decibels of the mel power
+  (esc_sweep's convention for every spectrogram); the model's ``prepare`` then adds EfficientAT's
+  1e-5 and takes the natural log. Checked against the authors' code on fixed signals
+  (tests/models/test_front_end_fixtures.py): correlation 1.0000, mean difference <= 0.0003.
+- esc_sweep's ``features.kind=mel`` (what ``conf/model/efficientat_*.yaml`` selects until a
+  ``features.kind`` for ``EfficientATMel`` exists) has no pre-emphasis and HTK triangles. A mel
+  spectrogram cannot be un-pre-emphasised exactly, so ``prepare`` multiplies each band by the
+  pre-emphasis filter's mean power gain over that band: correlation 0.995-1.000 and mean
+  difference 0.0006-0.023 on the same signals (before: 0.70-0.92 and 1.1-2.3).
 """
 
 from __future__ import annotations
@@ -21,12 +31,15 @@ import math
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+import torchaudio
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
 # What EfficientAT's weights were trained with (its AugmentMelSTFT at evaluation): 32 kHz, 25 ms
-# window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB floor. Approximate:
-# EfficientAT adds pre-emphasis and Kaldi-style triangles, which torchaudio's HTK filters only resemble.
+# window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB floor. As features.*
+# keys for esc_sweep's plain mel: no pre-emphasis, HTK triangles (the model corrects per band,
+# see the module docstring); EfficientATMel is the exact one.
 FRONT_END = {
     "kind": "mel", "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
     "f_min": 0.0, "f_max": 15000.0, "top_db": None, "mel_scale": "htk", "normalize": "none",
@@ -42,8 +55,80 @@ CHECKPOINTS = {
     "efficientat:mn10_as": _RELEASES + "mn10_as_mAP_471.pt",
 }
 
-# ln(power) = dB * ln(10) / 10; EfficientAT's "fast normalisation" is (ln(power) + 4.5) / 5.
-_DB_TO_LN = math.log(10) / 10
+# EfficientAT's front end: pre-emphasis coefficient, the offset inside its log, and its
+# "fast normalisation" (ln(mel + 1e-5) + 4.5) / 5.
+PRE_EMPHASIS = 0.97
+LOG_OFFSET = 1e-5
+NORM_SHIFT, NORM_SCALE = 4.5, 5.0
+
+
+def kaldi_mel_filters(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Kaldi's mel triangles [n_mels, n_fft // 2 + 1], what EfficientAT takes from torchaudio's kaldi module.
+
+    Unlike HTK filters (triangles in Hz), Kaldi's are triangles on the mel axis
+    (mel = 1127 ln(1 + f / 700)), and the Nyquist bin gets no weight.
+    """
+    def mel(f: torch.Tensor) -> torch.Tensor:
+        return 1127.0 * torch.log1p(f / 700.0)
+
+    low, high = mel(torch.tensor(float(f_min), dtype=torch.float64)), mel(torch.tensor(float(f_max), dtype=torch.float64))
+    edges = low + (high - low) * torch.arange(n_mels + 2, dtype=torch.float64) / (n_mels + 1)
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bins = mel(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
+    rising, falling = (bins - left) / (centre - left), (right - bins) / (right - centre)
+    filters = torch.minimum(rising, falling).clamp_min(0.0)
+    return F.pad(filters, (0, 1)).float()  # no weight on the Nyquist bin
+
+
+class EfficientATMel(nn.Module):
+    """Waveforms [B, T] at 32 kHz -> what EfficientAT's weights saw, as decibels [B, 1, n_mels, frames].
+
+    EfficientAT's ``AugmentMelSTFT`` in evaluation mode (no masking, fixed band edges), written
+    from its description: pre-emphasis ``y[n] = x[n+1] - 0.97 x[n]`` (one sample shorter), a
+    centred, reflect-padded STFT with a symmetric Hann window of ``win_length`` inside ``n_fft``,
+    the power, Kaldi's mel triangles. Returned as ``10 log10(max(mel, 1e-10))`` like esc_sweep's
+    other spectrograms; ``MobileNetAudio.prepare`` turns that into ``(ln(mel + 1e-5) + 4.5) / 5``.
+    A clip of T samples gives 1 + (T - 1) // hop_length frames (500 for 5 s at 32 kHz).
+    """
+
+    def __init__(self, sample_rate: int = 32000, n_fft: int = 1024, win_length: int = 800, hop_length: int = 320,
+                 n_mels: int = 128, f_min: float = 0.0, f_max: float = 15000.0):
+        super().__init__()
+        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        # Symmetric (periodic=False), as EfficientAT's; torchaudio's transforms use the periodic one.
+        self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
+        self.register_buffer("filters", kaldi_mel_filters(n_mels, n_fft, sample_rate, f_min, f_max),
+                             persistent=False)
+
+    @classmethod
+    def from_features(cls, cfg) -> "EfficientATMel":
+        """From ``features.*`` keys (sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max)."""
+        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length or cfg.n_fft, cfg.hop_length, cfg.n_mels,
+                   cfg.f_min, cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        x = waveforms.float()
+        x = x[..., 1:] - PRE_EMPHASIS * x[..., :-1]
+        spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        power = torch.view_as_real(spec).pow(2).sum(-1)
+        mel = self.filters @ power
+        return 10.0 * torch.log10(mel.clamp_min(1e-10)).unsqueeze(1)
+
+
+def pre_emphasis_band_gain(n_mels: int = 128, n_fft: int = 1024, sample_rate: int = 32000, f_min: float = 0.0,
+                           f_max: float = 15000.0) -> torch.Tensor:
+    """Mean power gain of the pre-emphasis filter over each of esc_sweep's HTK mel bands [n_mels].
+
+    |1 - 0.97 e^{-jw}|^2 ranges from 0.0009 at 0 Hz to 3.9 at Nyquist; a mel spectrogram computed
+    without pre-emphasis times this gain is what it would have been with it, exactly for a flat
+    spectrum inside each band, approximately otherwise (narrow low bands make it close).
+    """
+    filters = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, None, "htk")
+    omega = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * math.pi / (n_fft // 2)
+    response = 1 + PRE_EMPHASIS**2 - 2 * PRE_EMPHASIS * torch.cos(omega)
+    filters = filters.double()
+    return ((filters * response[:, None]).sum(0) / filters.sum(0).clamp_min(1e-12)).float()
 
 # input channels, kernel, expanded channels, output channels, squeeze-excitation, activation, stride
 # (MobileNetV3-Large, as in torchvision and EfficientAT).
@@ -114,8 +199,16 @@ class InvertedResidual(nn.Module):
 class MobileNetAudio(nn.Module):
     """EfficientAT's MN: MobileNetV3-Large on one-channel log-mels, width ``width_mult``."""
 
-    def __init__(self, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2):
+    def __init__(self, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2, front_end: str = "mel"):
+        """``front_end``: what the input is, ``mel`` (esc_sweep's plain HTK log-mel, corrected per band for
+        the missing pre-emphasis) or ``efficientat`` (``EfficientATMel``'s output, used as is)."""
         super().__init__()
+        if front_end not in ("mel", "efficientat"):
+            raise ValueError(f"front_end={front_end!r}: expected 'mel' or 'efficientat'")
+        self.front_end = front_end
+        # Not in the state dict: derived from the front end, and EfficientAT's checkpoints do not have it.
+        gain = pre_emphasis_band_gain() if front_end == "mel" else torch.ones(FRONT_END["n_mels"])
+        self.register_buffer("band_gain", gain.view(1, 1, -1, 1), persistent=False)
         adjust = lambda c: make_divisible(c * width_mult)  # noqa: E731
         settings = [(adjust(i), k, adjust(e), adjust(o), se, a, s) for i, k, e, o, se, a, s in _LARGE]
         layers: list[nn.Module] = [Conv2dNormActivation(1, settings[0][0], 3, stride=2, norm_layer=_BatchNorm,
@@ -149,13 +242,22 @@ class MobileNetAudio(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier[5]
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Decibels of mel power [B, 1, mels, frames] -> EfficientAT's input ``(ln(mel + 1e-5) + 4.5) / 5``."""
+        power = torch.pow(10.0, x / 10.0)
+        if power.shape[2] == self.band_gain.shape[2]:  # other band counts: no pretrained weights to match
+            power = power * self.band_gain
+        return (torch.log(power + LOG_OFFSET) + NORM_SHIFT) / NORM_SCALE
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 1, mels, frames] decibels -> the hidden layer before the logits."""
-        x = (x * _DB_TO_LN + 4.5) / 5.0
-        return self.classifier[:5](self.features(x))
+        """[B, 1, mels, frames] decibels -> the hidden layer before the logits (no dropout)."""
+        return self.classifier[:4](self.features(self.prepare(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier[5](self.embed(x))
+        # The dropout before the logits follows the head, not the backbone: with model.finetune=linear_probe
+        # the frozen backbone stays in eval mode while the head trains, and model.dropout still applies.
+        head = self.classifier[5]
+        return head(F.dropout(self.embed(x), p=self.classifier[4].p, training=head.training))
 
 
 def width_of(name: str) -> float:

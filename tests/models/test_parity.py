@@ -171,10 +171,15 @@ def test_efficientat_state_dict_round_trip(compose_cfg, tmp_path):
     x = torch.randn(2, 1, 128, 100) * 10 - 40
     with torch.no_grad():
         assert torch.allclose(ours.backbone.embed(x), original.embed(x))
-        # The input adapter gives EfficientAT's scale: (ln(power) + 4.5) / 5 from decibels.
-        ln_power = x * math.log(10) / 10
-        reference = original.classifier[:5](original.features((ln_power + 4.5) / 5))
+        # The input step gives EfficientAT's scale, (ln(mel + 1e-5) + 4.5) / 5, from decibels; esc_sweep's
+        # plain mel has no pre-emphasis, so each band first gets the filter's power gain over it.
+        power = 10 ** (x / 10) * mobilenet.pre_emphasis_band_gain().view(1, 1, -1, 1)
+        reference = original.classifier[:4](original.features((torch.log(power + 1e-5) + 4.5) / 5))
         assert torch.allclose(ours.backbone.embed(x), reference, atol=1e-6)
+        # From EfficientATMel's output the band gain is already in the spectrogram: none is applied.
+        exact = mobilenet.MobileNetAudio(5, width_mult=0.1, front_end="efficientat").eval()
+        assert torch.allclose(exact.prepare(x), (torch.log(10 ** (x / 10) + 1e-5) + 4.5) / 5, atol=1e-6)
+        assert not torch.allclose(exact.prepare(x), ours.backbone.prepare(x), atol=1e-2)
 
 
 # --------------------------------------------------------------------------- Hugging Face AST
