@@ -28,31 +28,60 @@ ESC50_URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 
 
 @dataclass
-class DatasetConfig:
+class DatasetBase:
+    """The keys every dataset kind has. Each kind's schema adds its own (below), so
+    ``--cfg job`` shows only the keys that apply, and a key of another kind is refused."""
+
     # esc50: the ESC-50 layout (meta/esc50.csv + audio/); synthetic: generated,
     # class-separable tones for quick tests; folder: your own audio (class
     # sub-folders or a CSV).
     kind: str = "esc50"
     name: str = "esc50"
-    # Dataset root. Empty: $ESC50_ROOT, else the download folder below.
+    # Dataset root. Empty: $ESC50_ROOT, else the download folder (esc50).
     root: Optional[str] = None
+    cache_dir: Optional[str] = None  # decoded waveforms; default: ~/.cache/esc_sweep/waveforms
+    # "target" = 50 fine classes, "category" = the 5 major ESC-50 categories.
+    label: str = "target"
+    classes: Optional[List[str]] = None  # keep only these class names
+    clip_seconds: float = 5.0
+    num_folds: int = 5
+
+
+@dataclass
+class DatasetConfig(DatasetBase):
+    """dataset.kind=esc50 (the default): ESC-50, found at dataset.root / $ESC50_ROOT or downloaded."""
+
     download: bool = True
     url: str = ESC50_URL
     archive_sha256: Optional[str] = None
     download_dir: Optional[str] = None  # default: ~/.cache/esc_sweep/datasets
-    cache_dir: Optional[str] = None  # decoded waveforms; default: ~/.cache/esc_sweep/waveforms
-    # "target" = 50 fine classes, "category" = the 5 major ESC-50 categories.
-    label: str = "target"
     esc10: bool = False  # keep only the ESC-10 subset
-    classes: Optional[List[str]] = None  # keep only these class names
-    clip_seconds: float = 5.0
-    num_folds: int = 5
-    # synthetic only
+
+
+@dataclass
+class SyntheticDatasetConfig(DatasetBase):
+    """dataset.kind=synthetic: generated, class-separable tones."""
+
+    kind: str = "synthetic"
+    name: str = "synthetic"
     num_classes: int = 5
     clips_per_class: int = 20
     synthetic_seed: int = 0
-    # folder only: a CSV with columns filename,label[,fold]; else class sub-folders
+    clip_seconds: float = 1.0
+
+
+@dataclass
+class FolderDatasetConfig(DatasetBase):
+    """dataset.kind=folder: your own audio, one sub-folder per class or a CSV."""
+
+    kind: str = "folder"
+    name: str = "folder"
+    # A CSV with columns filename,label[,fold]; else class sub-folders.
     csv: Optional[str] = None
+
+
+# dataset.kind -> its schema, stored as dataset/<kind>_schema (conf/dataset/*.yaml name theirs in `defaults`).
+DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, "folder": FolderDatasetConfig}
 
 
 @dataclass
@@ -243,7 +272,7 @@ class SweepConfig:
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
+    dataset: DatasetBase = MISSING  # one of DATASET_SCHEMAS, chosen by the dataset config
     features: FeaturesConfig = MISSING
     model: ModelConfig = MISSING
     augmentation: AugmentationConfig = MISSING
@@ -258,6 +287,8 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config, replace=True)
+    for kind, schema in DATASET_SCHEMAS.items():
+        cs.store(group="dataset", name=f"{kind}_schema", node=schema, replace=True)
     # ${esc_sweep_run_tag:} in hydra.run.dir: the process id and a random suffix, so two runs
     # started in the same second (or on two machines sharing a folder) never share an output folder.
     if not OmegaConf.has_resolver("esc_sweep_run_tag"):
@@ -272,11 +303,61 @@ def _run_tag() -> str:
 # Value checks
 
 
+def _dataset_kind(args: list[str]) -> tuple[str, Optional[str]]:
+    """(the dataset option, its kind) a training command line picks; kind None when it cannot tell.
+
+    Read from the command line and conf/dataset/<option>.yaml only (no Hydra composition):
+    ``dataset.kind=...`` wins, then the option's file; an option from the user's own config
+    path, or a sweep over several options, gives None.
+    """
+    option, kind = "esc50", None
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "dataset":
+            option = value
+        elif key == "dataset.kind":
+            kind = value
+    if kind is None and "," not in option:
+        path = os.path.join(os.path.dirname(__file__), "conf", "dataset", f"{option}.yaml")
+        if os.path.isfile(path):
+            kind = OmegaConf.load(path).get("kind")
+    return option, kind
+
+
+def dataset_override_problems(args: list[str]) -> list[str]:
+    """One line per ``dataset.KEY=...`` override that the chosen dataset kind has no use for.
+
+    Each kind's schema holds only its keys (``DATASET_SCHEMAS``), so Hydra would refuse such a
+    key too, in six lines of its own; this says it in one, before Hydra runs, and names the kind
+    the key belongs to.
+    """
+    option, kind = _dataset_kind(args)
+    if kind not in DATASET_SCHEMAS:
+        return []
+    own = set(DATASET_SCHEMAS[kind].__dataclass_fields__)
+    problems = []
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if not key.startswith("dataset.") or key.count(".") != 1:
+            continue
+        name = key.split(".", 1)[1]
+        if name in own:
+            continue
+        owners = [k for k, schema in DATASET_SCHEMAS.items() if name in schema.__dataclass_fields__]
+        where = (f"applies to dataset.kind={'/'.join(owners)} only" if owners else "is not a dataset key")
+        hint = {"num_classes": "; pick classes with dataset.classes=[dog,rain,...]"}.get(name, "") if kind == "esc50" else ""
+        problems.append(f"{key}={value}: {where}; dataset={option} is dataset.kind={kind} "
+                        f"(its keys: {', '.join(DATASET_SCHEMAS[kind].__dataclass_fields__)}){hint}")
+    return problems
+
+
+
+
 _CHOICES = {
     "dataset.kind": ("esc50", "synthetic", "folder"),
     "dataset.label": ("target", "category"),
     "features.kind": ("mel", "mfcc", "stft", "fbank"),
-    "features.normalize": ("dataset", "instance", "none"),
+    "features.normalize": ("peak", "instance", "dataset", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
     "trainer.validation": ("none", "inner", "test_fold"),
     "features.mel_scale": ("htk", "slaney"),

@@ -112,7 +112,20 @@ def list_models() -> list[str]:
 
 
 class Standardize(nn.Module):
-    """(x - mean) / std with per-frequency statistics (dataset) or per clip (instance)."""
+    """The model's input scaling, on decibel spectrograms [B, 1, F, T]; ``mode`` is ``features.normalize``.
+
+    * ``peak`` (the default): each clip is referred to its own loudest cell (``x - max``), then
+      scaled per frequency band with mean/std of the training folds' peak-referred clips. A
+      recording's gain adds one constant to every cell in dB, which the peak removes, so the
+      input does not depend on the level; what a per-clip ``instance`` scaling also removes, a
+      clip's loudness and contrast relative to its peak (a dog's bark between silences against
+      rain's steady hiss) and the band-to-band scale, stays: with it the baseline learns as fast
+      as with ``dataset`` (benchmarks/README.md, "Short runs").
+    * ``instance``: one mean and std per clip over all cells (level-independent as well, but
+      slow to learn from: see above).
+    * ``dataset``: per-band mean/std of the training folds' raw decibels: depends on the level.
+    * ``none``: raw decibels.
+    """
 
     def __init__(self, mode: str, num_bins: int):
         super().__init__()
@@ -120,12 +133,17 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(1, 1, num_bins, 1))
         self.register_buffer("std", torch.ones(1, 1, num_bins, 1))
 
+    @staticmethod
+    def _peak_referred(x: torch.Tensor) -> torch.Tensor:
+        return x - x.amax(dim=(1, 2, 3), keepdim=True)
+
     @torch.no_grad()
     def fit(self, spectrograms: torch.Tensor) -> "Standardize":
-        """Per-frequency statistics over clips and frames (dataset mode only)."""
-        if self.mode == "dataset":
-            self.mean.copy_(spectrograms.mean(dim=(0, 1, 3), keepdim=True).view_as(self.mean))
-            self.std.copy_(spectrograms.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-5).view_as(self.std))
+        """Per-frequency statistics over clips and frames (dataset and peak modes)."""
+        if self.mode in ("dataset", "peak"):
+            x = self._peak_referred(spectrograms) if self.mode == "peak" else spectrograms
+            self.mean.copy_(x.mean(dim=(0, 1, 3), keepdim=True).view_as(self.mean))
+            self.std.copy_(x.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-5).view_as(self.std))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,6 +151,8 @@ class Standardize(nn.Module):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-5)
             return (x - mean) / std
+        if self.mode == "peak":
+            return (self._peak_referred(x) - self.mean) / self.std
         if self.mode == "dataset":
             return (x - self.mean) / self.std
         return x

@@ -24,7 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from esc_sweep.config import DatasetConfig
+from esc_sweep.config import DatasetConfig, FolderDatasetConfig, SyntheticDatasetConfig
 from esc_sweep.data import audio, cache, load_clipset
 from esc_sweep.data.folder import scan_subfolders
 from esc_sweep.errors import DataError, EscSweepError
@@ -69,9 +69,9 @@ def esc_cfg(root: Path, tmp_path: Path, **kw) -> DatasetConfig:
     return DatasetConfig(root=str(root), cache_dir=str(tmp_path / "cache"), download=False, clip_seconds=0.25, **kw)
 
 
-def folder_cfg(root: Path, tmp_path: Path, **kw) -> DatasetConfig:
+def folder_cfg(root: Path, tmp_path: Path, **kw) -> FolderDatasetConfig:
     kw.setdefault("clip_seconds", 0.25)
-    return DatasetConfig(kind="folder", name="mine", root=str(root), cache_dir=str(tmp_path / "cache"), **kw)
+    return FolderDatasetConfig(name="mine", root=str(root), cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -360,6 +360,6 @@ def test_single_class_folder_and_synthetic_datasets_are_refused(tmp_path):
     with pytest.raises(DataError, match=r"has 1 class \(dog\): a classifier needs at least 2 classes: add a sub-folder"):
         load_clipset(folder_cfg(root, tmp_path), SR, progress=False)
     with pytest.raises(DataError, match=r"dataset.classes=\[class_2\] leaves 1 class"):
-        load_clipset(DatasetConfig(kind="synthetic", classes=["class_2"], clip_seconds=0.1), 16000)
+        load_clipset(SyntheticDatasetConfig(classes=["class_2"], clip_seconds=0.1), 16000)
     with pytest.raises(DataError, match=r"synthetic dataset has 1 class .*set dataset.num_classes >= 2"):
-        load_clipset(DatasetConfig(kind="synthetic", num_classes=1, clip_seconds=0.1), 16000)
+        load_clipset(SyntheticDatasetConfig(num_classes=1, clip_seconds=0.1), 16000)

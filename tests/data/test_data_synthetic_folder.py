@@ -11,14 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from esc_sweep.config import DatasetConfig
+from esc_sweep.config import DatasetConfig, FolderDatasetConfig, SyntheticDatasetConfig
 from esc_sweep.data import load_clipset
 from esc_sweep.errors import DataError
 
 
-def synth(**kw) -> DatasetConfig:
+def synth(**kw) -> SyntheticDatasetConfig:
     kw.setdefault("clip_seconds", 1.0)
-    return DatasetConfig(kind="synthetic", **kw)
+    return SyntheticDatasetConfig(**kw)
 
 
 def dominant_hz(waves: torch.Tensor, sr: int) -> torch.Tensor:
@@ -95,9 +95,9 @@ def write_tone(path: Path, freq: float, sr: int = 8000, seconds: float = 0.2, **
     sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, **kw)
 
 
-def folder_cfg(root: Path, tmp_path: Path, **kw) -> DatasetConfig:
+def folder_cfg(root: Path, tmp_path: Path, **kw) -> FolderDatasetConfig:
     kw.setdefault("clip_seconds", 0.25)
-    return DatasetConfig(kind="folder", name="mine", root=str(root), cache_dir=str(tmp_path / "cache"), **kw)
+    return FolderDatasetConfig(name="mine", root=str(root), cache_dir=str(tmp_path / "cache"), **kw)
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_folder_csv_without_folds_is_stratified(tmp_path):
 
 def test_folder_errors(tmp_path, subfolder_root):
     with pytest.raises(DataError, match=r"dataset.root is not set"):
-        load_clipset(DatasetConfig(kind="folder"), 8000)
+        load_clipset(FolderDatasetConfig(), 8000)
     with pytest.raises(DataError, match=r"nope does not exist"):
         load_clipset(folder_cfg(tmp_path / "nope", tmp_path), 8000)
     empty = tmp_path / "empty"

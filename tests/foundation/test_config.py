@@ -82,3 +82,60 @@ def test_fbank_needs_n_fft_to_be_the_padded_window(compose_cfg):
     with pytest.raises(ConfigError, match=r"features\.n_fft=1024: must be 512 for features\.kind=fbank"):
         validate(compose_cfg(["features=fbank", "features.n_fft=1024"]))
 
+
+
+# --------------------------------------------------------------------------
+# Each dataset kind has its own keys (issue 27)
+
+SYNTHETIC_ONLY = {"num_classes", "clips_per_class", "synthetic_seed"}
+
+
+@pytest.mark.parametrize("option", ["esc50", "esc10", "esc50_categories"])
+def test_esc50_configs_hold_no_synthetic_or_folder_keys(compose_cfg, option):
+    dataset = compose_cfg([f"dataset={option}"]).dataset
+    assert not SYNTHETIC_ONLY & set(dataset)
+    assert "csv" not in dataset
+    # the schema holds the defaults: nothing the ESC-50 loader reads is missing
+    assert dataset.download is True and dataset.esc10 is (option == "esc10") and dataset.num_folds == 5
+
+
+def test_synthetic_and_folder_configs_hold_their_own_keys_with_defaults(compose_cfg):
+    synthetic = compose_cfg(["dataset=synthetic"]).dataset
+    assert (synthetic.num_classes, synthetic.clips_per_class, synthetic.synthetic_seed) == (5, 20, 0)
+    assert "esc10" not in synthetic and "url" not in synthetic
+    folder = compose_cfg(["dataset=folder", "dataset.root=/tmp/x"]).dataset
+    assert folder.csv is None and "num_classes" not in folder and "download" not in folder
+
+
+@pytest.mark.parametrize("args,key,owner", [
+    (["dataset.num_classes=10"], "dataset.num_classes=10", "applies to dataset.kind=synthetic only"),
+    (["dataset=esc10", "+dataset.clips_per_class=3"], "dataset.clips_per_class=3", "applies to dataset.kind=synthetic only"),
+    (["dataset=synthetic", "dataset.esc10=true"], "dataset.esc10=true", "applies to dataset.kind=esc50 only"),
+    (["dataset=folder", "dataset.num_classes=3"], "dataset.num_classes=3", "applies to dataset.kind=synthetic only"),
+    (["dataset.nmu_folds=3"], "dataset.nmu_folds=3", "is not a dataset key"),
+])
+def test_a_key_of_another_dataset_kind_is_refused_in_one_line(args, key, owner):
+    from esc_sweep.config import dataset_override_problems
+
+    problems = dataset_override_problems(args)
+    assert len(problems) == 1 and "\n" not in problems[0]
+    assert problems[0].startswith(f"{key}: {owner}")
+
+
+def test_keys_of_the_chosen_kind_pass(compose_cfg):
+    from esc_sweep.config import dataset_override_problems
+
+    assert dataset_override_problems(["dataset=synthetic", "dataset.num_classes=3", "dataset.clip_seconds=0.5"]) == []
+    assert dataset_override_problems(["dataset.classes=[dog,rain]", "dataset.esc10=true", "trainer.epochs=1"]) == []
+    assert dataset_override_problems(["dataset=mine", "dataset.anything=1"]) == []  # a user's own config: Hydra checks
+
+
+def test_cli_refuses_a_key_of_another_kind_with_exit_2():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "esc_sweep", "dataset.num_classes=10", "--cfg", "job"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "dataset.num_classes=10" in lines[0] and "Traceback" not in lines[0]
