@@ -129,10 +129,15 @@ def trials_table(study: optuna.Study) -> Table:
     return table
 
 
+# Fewer finished trials than this give importances that are mostly noise: none are shown.
+MIN_TRIALS_FOR_IMPORTANCES = 10
+
+
 def importances(study: optuna.Study, directions: list[str]) -> dict[str, float]:
-    """fANOVA parameter importances of the first objective; {} when they cannot be computed."""
+    """fANOVA parameter importances of the first objective; {} when they cannot be computed
+    or rest on fewer than MIN_TRIALS_FOR_IMPORTANCES complete trials."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
         return {}
     target = (lambda t: t.values[0]) if len(directions) > 1 else None
     try:
@@ -177,6 +182,53 @@ def figures(study: optuna.Study, directions: list[str], have_importances: bool) 
     return out
 
 
+def within_noise_of_best(study: optuna.Study, best: FrozenTrial) -> dict[str, Any]:
+    """Which complete trials cannot be told apart from ``best`` on their per-fold values.
+
+    Each trial's fold values (the ``fold_values`` the trial reporter records) are paired with
+    the best trial's; a trial is within noise when the 95 % interval of the corrected resampled
+    t-test (esc_sweep.stats) holds 0. Returns ``{"within": [numbers], "distinct": [numbers],
+    "unknown": [numbers], "reason": str | None}``; ``reason`` says why nothing could be compared.
+    """
+    from esc_sweep.stats import compare_paired  # deferred: scipy (~0.3 s), only at the end of a study
+
+    out: dict[str, Any] = {"within": [], "distinct": [], "unknown": [], "reason": None}
+    reference = best.user_attrs.get("fold_values") or {}
+    if len(reference) < 2:
+        out["reason"] = ("one fold per trial: there is no fold-to-fold spread to tell noise from signal"
+                         if len(reference) == 1 else "the trials recorded no per-fold values")
+    folds = int(best.user_attrs.get("dataset_folds") or 0) or max(len(reference), 2)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if trial.number == best.number:
+            continue
+        values = trial.user_attrs.get("fold_values") or {}
+        keys = sorted(set(values) & set(reference))
+        if out["reason"] or len(keys) < 2 or len(keys) != len(reference):
+            out["unknown"].append(trial.number)
+            continue
+        comparison = compare_paired([values[k] for k in keys], [reference[k] for k in keys], folds=folds)
+        low, high = comparison.ci95
+        out["within" if low <= 0 <= high else "distinct"].append(trial.number)
+    return out
+
+
+def noise_sentence(best: FrozenTrial, noise: dict[str, Any]) -> str:
+    """``best: trial 7, 78.1 %; trials 3, 12 within noise (paired by fold, corrected t-test)``."""
+    value = f"{100 * best.value:.1f} %" if best.value is not None and 0 <= best.value <= 1 else _fmt(best.value)
+    head = f"best: trial {best.number}, {value}"
+    if noise["reason"]:
+        return f"{head}; {noise['reason']}"
+    within = noise["within"]
+    if not within:
+        tail = "no other trial is within noise of it" if noise["distinct"] else "no other trial to compare"
+    else:
+        names = ", ".join(map(str, within))
+        tail = (f"trial{'s' if len(within) > 1 else ''} {names} within noise (the 95 % interval of the paired, "
+                f"corrected difference holds 0): {'they are' if len(within) > 1 else 'it is'} as good as far as "
+                "these folds can tell")
+    return f"{head}; {tail}"
+
+
 def summary(study: optuna.Study, n_trials: int) -> dict[str, float]:
     trials = study.get_trials(deepcopy=False)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
@@ -216,6 +268,10 @@ def study_report(
         console.print(f"[bold]Best trial {best.number}[/]: value {best.value:.4f}")
         for key, value in best.params.items():
             console.print(f"  {key} = {_fmt(value)}")
+        noise = within_noise_of_best(study, best)
+        results.update(within_noise_of_best=noise["within"], distinct_from_best=noise["distinct"],
+                       noise_summary=noise_sentence(best, noise))
+        console.print(noise_sentence(best, noise))
     else:
         pareto = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
         results["solutions"] = pareto
@@ -224,6 +280,9 @@ def study_report(
             console.print(f"  trial {t['number']}: values {t['values']}  {t['params']}")
 
     imp = importances(study, directions) if full else {}
+    if full and not imp and len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
+        console.print(f"[dim]no parameter importances: {len(complete)} complete trial(s); below "
+                      f"{MIN_TRIALS_FOR_IMPORTANCES} they are mostly noise[/]")
     if imp:
         results["param_importances"] = imp
         table = Table(title="Parameter importances (fANOVA)")

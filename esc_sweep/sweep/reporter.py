@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.errors import ConfigError
+from esc_sweep.sweep.identity import DATA_FINGERPRINT_ATTR
 from esc_sweep.sweep.storage import open_storage
 
 # Steps per fold when epochs are reported too (see the module docstring).
@@ -103,10 +104,30 @@ class TrialReporter(Callback):
         self.first_fold = list(cfg.trainer.folds)[0]
         self.fold_accs: list[float] = []  # what the objective averages (inner accuracy with validation=inner)
         self.test_accs: list[float] = []
+        self.fold_values: dict[str, float] = {}  # "r<repeat>f<fold>" -> the objective's value on it
         self.validation = str(OmegaConf.select(cfg, "trainer.validation", default="none"))
         self.epochs_trained = 0
 
     # --- callback hooks -------------------------------------------------------
+
+    def on_cv_start(self, context: dict[str, Any]) -> None:
+        """Every trial of a study reads the same data: the first records its fingerprint, the others check it.
+
+        The study's settings (sweep/identity.py) name where the data comes from; this catches
+        the files themselves changing under the same path between trials or resumes.
+        """
+        # The study report compares trials paired by fold; the correction needs the data's fold count.
+        self.trial.set_user_attr("dataset_folds", int(context["clips"].folds.unique().numel()))
+        fingerprint = str(context["clips"].fingerprint)
+        recorded = self.study.user_attrs.get(DATA_FINGERPRINT_ATTR)
+        if recorded is None:
+            self.study.set_user_attr(DATA_FINGERPRINT_ATTR, fingerprint)
+        elif recorded != fingerprint:
+            raise ConfigError(
+                f"the data changed: study {self.study.study_name!r} was run on data with fingerprint {recorded}, "
+                f"this trial read {fingerprint} (other files or contents under the same dataset.root); "
+                "its trials would not be comparable: start another study (hydra.sweeper.study_name=<new name>)"
+            )
 
     def on_fold_start(self, fold: int, context: dict[str, Any]) -> None:
         if "num_parameters" not in self.trial.user_attrs:
@@ -125,6 +146,9 @@ class TrialReporter(Callback):
         inner = getattr(result, "inner_acc", None)
         self.fold_accs.append(inner if self.validation == "inner" and inner is not None else result.val_acc)
         self.test_accs.append(result.val_acc)
+        # What the objective averages, per (repeat, fold): the study report tells noise from signal with it.
+        self.fold_values[f"r{getattr(result, 'repeat', 0)}f{result.fold}"] = self.fold_accs[-1]
+        self.trial.set_user_attr("fold_values", dict(self.fold_values))
         # Beside the objective, each trial keeps its test-fold accuracy (the honest estimate with inner).
         self.trial.set_user_attr("test_fold_acc_mean", statistics.fmean(self.test_accs))
         self.trial.set_user_attr("epochs_trained", self.epochs_trained)

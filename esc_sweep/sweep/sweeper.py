@@ -69,6 +69,7 @@ from optuna.trial import TrialState
 from esc_sweep.errors import EscSweepError
 from esc_sweep.sweep.reporter import build_pruner
 
+from esc_sweep.sweep import identity as _identity
 from esc_sweep.sweep import report as _report
 from esc_sweep.sweep import storage as _storage
 
@@ -222,6 +223,10 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             )
         names = self._objective_names(directions)
         space = self._space_record(distributions, directions, names)
+        # What the objective means beyond the search: data, protocol, every fixed setting (esc_sweep's app only).
+        settings = (self._objective_identity(distributions, fixed_params, fixed_overrides)
+                    if self.has_identity and not self.compat else None)
+        explicit_name = self._study_name_on_command_line()
 
         if not self.compat:
             if not self.study_name:
@@ -233,6 +238,9 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             # Under the lock: workers starting together would race to create the schema,
             # the study and its search-space record.
             self.rdb = _storage.open_storage(self.storage, self.heartbeat_interval, self.grace_period)
+            if settings is not None and not explicit_name:
+                # The search's own name is the default: another meaning gets a study of its own.
+                self.study_name = self._study_for(space, settings)
             try:
                 study = optuna.create_study(
                     study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner,
@@ -245,6 +253,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                     f"storage {_storage.mask_url(self.storage)}: cannot create or load study "
                     f"{self.study_name!r}: {_one_line(err)}") from err
             self._check_space(study, space, distributions)
+            if settings is not None:
+                self._check_identity(study, settings)
             if names and study.metric_names != names:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -550,6 +560,57 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         base = choices.get("hparams_search") or self.config.hydra.job.config_name or "study"
         digest = hashlib.sha1(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
         return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(base))}-{digest}"
+
+    def _study_name_on_command_line(self) -> bool:
+        """Whether the user named the study on the command line (then a mismatch is refused, not avoided)."""
+        overrides = OmegaConf.select(self.config, "hydra.overrides.hydra", default=None) or []
+        return any(str(o).lstrip("+~").startswith("hydra.sweeper.study_name=") for o in overrides)
+
+    def _objective_identity(self, distributions: dict, fixed_params: dict, fixed_overrides: list[str]) -> dict:
+        """The fixed settings of this command that give the objective its meaning (sweep/identity.py)."""
+        base = [f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)
+        try:
+            task = self.hydra_context.config_loader.load_sweep_config(self.config, base)
+        except Exception as err:  # _check_parameters composed the same overrides already: unexpected
+            raise SweepError(f"cannot compose the sweep's fixed settings: {_one_line(err)}") from err
+        return _identity.objective_identity(task, distributions)
+
+    def _study_for(self, space: dict[str, Any], settings: dict[str, Any]) -> str:
+        """The study for this search and these settings: the search's name when that study is free, made
+        for the same (or by an earlier esc_sweep that recorded nothing); else ``<name>-<hash of both>``."""
+        base = str(self.study_name)
+        studies = {s.study_name: s for s in self.rdb.get_all_studies()}
+        derived = f"{base}-{_identity.digest({'space': space, 'settings': settings})}"
+        for name in (base, derived):
+            study = studies.get(name)
+            if study is None:
+                return name
+            stored_space = study.user_attrs.get(SPACE_ATTR)
+            stored_settings = study.user_attrs.get(_identity.IDENTITY_ATTR)
+            if stored_settings == settings and stored_space == space:
+                return name
+            if stored_settings is None and stored_space in (None, space):  # made before settings were recorded
+                return name
+        raise SweepError(f"studies {base!r} and {derived!r} in {_storage.mask_url(self.storage)} were both made "
+                         "for other settings; name a new one with hydra.sweeper.study_name=<name>")
+
+    def _check_identity(self, study: optuna.Study, settings: dict[str, Any]) -> None:
+        """Record the fixed settings with a new study; refuse to resume a study made with other settings."""
+        stored = study.user_attrs.get(_identity.IDENTITY_ATTR)
+        if stored is None:
+            if study.get_trials(deepcopy=False):
+                log.warning("study %s was made by an earlier esc_sweep that did not record its data and fixed "
+                            "settings: recorded now from this command (its earlier trials cannot be checked)",
+                            study.study_name)
+            study.set_user_attr(_identity.IDENTITY_ATTR, settings)
+            return
+        if stored != settings:
+            raise SweepError(
+                f"study {study.study_name!r} in {_storage.mask_url(self.storage)} was run with other settings: "
+                f"{_identity.describe_differences(stored, settings)}. Its trials would not be comparable: resume it "
+                "with its own settings, or start another study (another hydra.sweeper.study_name, or leave it "
+                "unset for one derived from the settings)"
+            )
 
     def _check_space(self, study: optuna.Study, space: dict[str, Any], distributions: dict) -> None:
         """Record the search with a new study; refuse to resume a study made for another search."""
