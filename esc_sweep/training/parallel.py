@@ -15,16 +15,26 @@ trained model and the fold result); the parent replays those events into the
 ordinary callbacks, so tracking, progress and pruning see what a sequential
 run shows them, only interleaved between folds. Workers ignore Ctrl-C: the
 parent catches it, stops them, and the folds finished so far stay saved.
+
+Workers die with their parent, however it ends (``kill -9`` included): on Linux
+the kernel sends them SIGKILL when it dies (``PR_SET_PDEATHSIG``), and a watchdog
+thread in each worker exits when the parent's process id changes (every
+platform, and a second guard on Linux). Orphans would otherwise go on training
+into the checkpoint folder that a rerun then uses.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -40,6 +50,36 @@ from esc_sweep.training.results import FoldResult
 log = logging.getLogger(__name__)
 
 STEP_REPORT_SECONDS = 0.5  # how often a worker sends its step count (progress bars only)
+PARENT_CHECK_SECONDS = 0.5  # how often a worker's watchdog looks whether its parent is still alive
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process promptly once ``parent_pid`` is no longer its parent (the parent died).
+
+    Call it first thing in a child process: the kernel's parent-death signal (Linux) and a
+    watchdog thread polling the parent's pid (everywhere) both end it.
+    """
+    _request_parent_death_signal()
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watchdog", daemon=True).start()
+
+
+def _request_parent_death_signal() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no usable libc: the watchdog alone guards
+        pass
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)  # orphaned: adopted by init (or a subreaper); nothing of ours is left to report to
 
 
 @dataclass
@@ -110,8 +150,9 @@ class _QueueCallbacks(Callback):
         self.trained_model = model
 
 
-def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir) -> None:
+def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir, parent_pid: int) -> None:
     """Train folds from ``folds`` until it yields None; report everything on ``events``."""
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     if plan.cores is not None:
         os.sched_setaffinity(0, plan.cores)
@@ -125,7 +166,8 @@ def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir)
             torch.cuda.set_device(device)
         clips, spectrograms, targets = cv.prepare(cfg, device)
         # In-fold training state (trainer.checkpoint_every) is saved where a sequential run saves it.
-        checkpoints = cv.FoldCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
+        # The parent holds the folder's lock for the whole run (and it is released when the parent dies).
+        checkpoints = cv.FoldCheckpoints(checkpoint_dir, lock=False) if checkpoint_dir is not None else None
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
         events.put(("error", None, _describe(error)))
         return
@@ -179,7 +221,8 @@ def run_folds_in_parallel(
         task_queue.put(None)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["trainer"]["progress"] = False  # one progress display: the parent's
-    processes = [context.Process(target=_worker, args=(config, plan, task_queue, events, init, checkpoint_dir), daemon=True)
+    processes = [context.Process(target=_worker, args=(config, plan, task_queue, events, init, checkpoint_dir,
+                                                        os.getpid()), daemon=True)
                  for plan in plans]
     log.info("training %d folds in %d worker processes (%s)", len(folds), len(plans),
              ", ".join(f"{p.device} x{p.threads} thread(s)" + (f" on cores {list(p.cores)}" if p.cores else "")
