@@ -41,3 +41,18 @@ class TrackingError(EscSweepError):
 
 class BundleError(EscSweepError):
     """A model bundle cannot be found, downloaded or used."""
+
+
+def damaged_file_reason(error: BaseException) -> str:
+    """Why a saved file (torch or JSON) did not load, in a few words, for a message that calls it damaged.
+
+    torch answers a truncated or overwritten file with advice about ``weights_only`` and
+    trusting the source: true for a foreign pickle, misleading for a damaged save of ours.
+    """
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "not a complete torch file"
+    if "central directory" in text or "PytorchStreamReader" in text or isinstance(error, EOFError):
+        return "truncated or not a torch file"
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
