@@ -14,6 +14,7 @@ out. Imported by ``esc_sweep.app.serve`` once it knows Gradio is installed.
 from __future__ import annotations
 
 import csv
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -38,6 +39,21 @@ from esc_sweep.errors import EscSweepError
 STREAM_EVERY_SECONDS = 0.5  # how often the browser sends a microphone chunk while live tagging
 
 
+def refused(message: str, what: str = "request") -> gr.Error:
+    """The error a client gets for a request the app refuses, and one line on the server's console.
+
+    A refused upload (not audio, too long, ...) is an ordinary event: Gradio would print the
+    error's whole traceback (25 lines) for it; the client gets the message either way.
+    """
+    print(f"esc-sweep serve: refused {what}: {message}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
+
+
+def _output_name(what: str, index: int, names: Sequence[str]) -> str:
+    """An output's label, which is also its name in the HTTP API: ``top-5 labels`` (``..., model 2`` of several)."""
+    return what if len(names) == 1 else f"{what}, model {index + 1}"
+
+
 def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_mb: Optional[float] = None
               ) -> gr.Blocks:
     """The Blocks app for ``bundles`` (one column each); queueing and launching are the caller's."""
@@ -48,14 +64,14 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
 
     def classify(path: Optional[str]):
         if not path:
-            raise gr.Error("Choose an audio file or record one first.")
+            raise refused("Choose an audio file or record one first.", "/classify without a file")
         name = Path(path).name  # Gradio keeps the uploaded file's own name
         labels, figures, lengths = [], [], []
         for bundle in bundles:
             try:
                 tags = tag_file(bundle, path, name)
             except EscSweepError as err:
-                raise gr.Error(str(err)) from None
+                raise refused(str(err), name) from None
             labels.append(as_label(bundle, tags.probabilities))
             figures.append(file_figure(bundle, tags))
             lengths.append(tags)
@@ -72,14 +88,14 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
         try:
             labels, stream, milliseconds = live_step(bundles, stream, sample_rate, samples)
         except EscSweepError as err:
-            raise gr.Error(str(err)) from None
+            raise refused(str(err), "a live microphone chunk") from None
         status = (f"listening to the last {stream.heard_seconds():.1f} s; this chunk tagged in "
                   f"{milliseconds:.0f} ms ({stream.latency_summary()})")
         return [*labels, status, stream]
 
     def batch(paths: Optional[list[str]]):
         if not paths:
-            raise gr.Error("Choose one or more audio files first.")
+            raise refused("Choose one or more audio files first.", "/batch without files")
         header, rows = batch_rows(bundles, [(Path(p).name, p) for p in paths])
         target = Path(outputs.name) / uuid.uuid4().hex / "esc_sweep-predictions.csv"
         target.parent.mkdir()
@@ -99,13 +115,17 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio file or recording",
                              elem_id="audio-input")
             button = gr.Button("Classify", variant="primary", elem_id="classify")
-            summary = gr.Markdown(elem_id="summary")
+            # Each output's label is its name in the HTTP API (/classify returns summary, then top-5 labels and
+            # spectrogram per model); without one Gradio calls it value_<id>.
+            summary = gr.Markdown(label="summary", elem_id="summary")
             labels, plots = [], []
             with gr.Row():
                 for i, name in enumerate(names):
                     with gr.Column():
-                        labels.append(gr.Label(num_top_classes=TOP_K, label=name, elem_id=f"labels-{i}"))
-                        plots.append(gr.Plot(label=f"{name}: spectrogram and per-window predictions",
+                        gr.Markdown(f"**{name}**", elem_id=f"model-{i}")  # the model's name, shown, not its outputs' API name
+                        labels.append(gr.Label(num_top_classes=TOP_K, label=_output_name("top-5 labels", i, names),
+                                               elem_id=f"labels-{i}"))
+                        plots.append(gr.Plot(label=_output_name("spectrogram and per-window predictions", i, names),
                                              format="png", elem_id=f"timeline-{i}"))
             button.click(classify, audio, [summary, *labels, *plots], api_name="classify")
             if examples:
@@ -118,10 +138,14 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
             microphone = gr.Audio(sources=["microphone"], type="numpy", streaming=True, label="Microphone",
                                   elem_id="live-input")
             stream = gr.State(None)
-            status = gr.Markdown(elem_id="live-status")
+            status = gr.Markdown(label="status", elem_id="live-status")
             with gr.Row():
-                live_labels = [gr.Label(num_top_classes=TOP_K, label=name, elem_id=f"live-labels-{i}")
-                               for i, name in enumerate(names)]
+                live_labels = []
+                for i, name in enumerate(names):
+                    with gr.Column():
+                        gr.Markdown(f"**{name}**", elem_id=f"live-model-{i}")
+                        live_labels.append(gr.Label(num_top_classes=TOP_K, label=_output_name("top-5 labels", i, names),
+                                                    elem_id=f"live-labels-{i}"))
             microphone.stream(live, [microphone, stream], [*live_labels, status, stream], api_name="live",
                               stream_every=STREAM_EVERY_SECONDS, time_limit=None)
             # A new recording starts with an empty window, not the end of the previous one.
@@ -130,7 +154,7 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
         with gr.Tab("Batch", id="batch", elem_id="tab-batch"):
             files = gr.File(file_count="multiple", type="filepath", label="Audio files", elem_id="batch-files")
             run = gr.Button("Tag all", variant="primary", elem_id="batch-run")
-            table = gr.Dataframe(label="Predictions", interactive=False, elem_id="batch-table")
-            download = gr.File(label="CSV", elem_id="batch-csv")
+            table = gr.Dataframe(label="predictions", interactive=False, elem_id="batch-table")
+            download = gr.File(label="predictions CSV", elem_id="batch-csv")
             run.click(batch, files, [table, download], api_name="batch")
     return demo

@@ -5,7 +5,7 @@ spectrogram with per-window predictions; tag the microphone live; tag a batch of
 table and a CSV. Several bundles (or MLflow run ids) get one column each, on the same input.
 Gradio's HTTP API serves the same functions (``gradio_client`` calls ``/classify``, ``/batch``).
 
-Needs the ``app`` extra (``pip install 'esc_sweep[app]'``). It listens on 127.0.0.1 by default:
+Needs the ``app`` extra (``pip install -c constraints.txt -e '.[app]'``). It listens on 127.0.0.1 by default:
 the app has no authentication. Uploads are limited in size (``--max-upload-mb``) and duration
 (600 s, read from the header before any decoding), and decoded window by window. Requests wait
 in Gradio's queue (``--concurrency`` run at once per function), they are never dropped.
@@ -26,6 +26,8 @@ from esc_sweep.errors import EscSweepError
 DEFAULT_MAX_UPLOAD_MB = 64.0
 DEFAULT_CONCURRENCY = 2  # inferences at once per function; more only divide the same CPU cores
 MAX_EXAMPLES = 12
+# The versions the tests ran with come from constraints.txt, as for the dashboard extra.
+INSTALL_HINT = "esc-sweep serve needs Gradio: pip install -c constraints.txt -e '.[app]' (in the esc_sweep checkout; or: pip install gradio)"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -85,7 +87,7 @@ def main(argv: list[str]) -> None:
     try:
         import gradio  # noqa: F401  # deferred: optional extra [app]
     except ImportError:
-        print("esc-sweep serve needs Gradio: pip install 'esc_sweep[app]'", file=sys.stderr)
+        print(INSTALL_HINT, file=sys.stderr)
         sys.exit(2)
     from esc_sweep.app.gradio_app import build_app  # deferred: imports gradio, the optional extra [app]
     from esc_sweep.bundle import load_bundle  # deferred: torch and the models (~5 s): after the argument checks

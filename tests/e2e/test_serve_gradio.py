@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from esc_sweep.app.serve import INSTALL_HINT
 from tests.conftest import run_cli
 from tests.e2e.serve_support import REAL_CLASSES, real_clip, serve, trained_real_bundle
 from tests.synthetic_bundle import NUM_CLASSES, stereo, synthetic_clips, trained_synthetic_run, write_synthetic_clips
@@ -157,6 +158,23 @@ def test_bad_uploads_are_refused_with_one_line_and_the_server_goes_on(client, se
     path, label = write_synthetic_clips(tmp_path / "ok", per_class=1, seed=31)[1]
     assert client.predict(handle_file(str(path)), api_name="/classify")[1]["label"] == label  # still serving
 
+    # The server's console: one line per refusal, no traceback.
+    console = server.log.read_text()
+    assert "Traceback" not in console, console[-3000:]
+    for name in ("notes.wav", "empty.wav", "hour.flac"):
+        lines = [line for line in console.splitlines() if f"refused {name}:" in line]
+        assert len(lines) == 1 and lines[0].startswith("esc-sweep serve: refused"), console[-3000:]
+
+
+def test_api_outputs_are_named_for_what_they_are(client):
+    # The module's server serves two bundles side by side: each output says which model it belongs to.
+    returns = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/classify"]["returns"]
+    assert [r["label"] for r in returns] == ["summary", "top-5 labels, model 1", "top-5 labels, model 2",
+                                             "spectrogram and per-window predictions, model 1",
+                                             "spectrogram and per-window predictions, model 2"]
+    batch = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/batch"]["returns"]
+    assert [r["label"] for r in batch] == ["predictions", "predictions CSV"]
+
 
 def post_upload(url: str, name: str, data: bytes) -> tuple[int, str]:
     """A raw multipart POST to Gradio's upload route (what the page does before calling a function)."""
@@ -274,7 +292,7 @@ def test_without_gradio_one_line_says_how_to_install_it(trained, tmp_path):
     (hidden / "gradio" / "__init__.py").write_text("raise ImportError('No module named gradio')\n")
     out = run_cli(["serve", str(trained.bundle_dir)], cwd=tmp_path, env={"PYTHONPATH": str(hidden)})
     assert out.returncode == 2
-    assert out.stderr.strip() == "esc-sweep serve needs Gradio: pip install 'esc_sweep[app]'"
+    assert out.stderr.strip() == INSTALL_HINT and "-c constraints.txt" in INSTALL_HINT
 
 
 @pytest.mark.parametrize("args, message", [
