@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "plots": "esc_sweep.app.plots",
     "runs": "esc_sweep.app.runs",
     "compare": "esc_sweep.app.compare",
+    "nested": "esc_sweep.app.nested",
     "dashboard": "esc_sweep.app.dashboard",
 }
 
