@@ -71,7 +71,7 @@ def kaldi_mel_filters(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f
     def mel(f: torch.Tensor) -> torch.Tensor:
         return 1127.0 * torch.log1p(f / 700.0)
 
-    low, high = mel(torch.tensor(float(f_min), dtype=torch.float64)), mel(torch.tensor(float(f_max), dtype=torch.float64))
+    low, high = (mel(torch.tensor(float(f), dtype=torch.float64)) for f in (f_min, f_max))
     edges = low + (high - low) * torch.arange(n_mels + 2, dtype=torch.float64) / (n_mels + 1)
     left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     bins = mel(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
@@ -206,6 +206,7 @@ class MobileNetAudio(nn.Module):
         if front_end not in ("mel", "efficientat"):
             raise ValueError(f"front_end={front_end!r}: expected 'mel' or 'efficientat'")
         self.front_end = front_end
+        self.family = f"EfficientAT mn{round(width_mult * 10):02d}"  # how messages name it
         # Not in the state dict: derived from the front end, and EfficientAT's checkpoints do not have it.
         gain = pre_emphasis_band_gain() if front_end == "mel" else torch.ones(FRONT_END["n_mels"])
         self.register_buffer("band_gain", gain.view(1, 1, -1, 1), persistent=False)

@@ -75,6 +75,7 @@ class PANN(nn.Module):
     def __init__(self, arch: str, num_classes: int, n_mels: int = 64, width: int = 64, dropout: float = 0.5):
         super().__init__()
         block, depth = ARCHITECTURES[arch]
+        self.family = f"PANNs {arch.upper()}"  # how messages name it (model.weights that do not fit)
         channels = [1] + [width * 2**i for i in range(depth)]
         self.bn0 = nn.BatchNorm2d(n_mels)
         for i in range(depth):
@@ -115,7 +116,9 @@ class PANN(nn.Module):
         return F.relu(self.fc1(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.dropout(self.embed(x), p=self.dropout, training=self.training)
+        # The dropout before the head follows the head, not the trunk: with model.finetune=linear_probe
+        # the frozen trunk stays in eval mode while the head trains, and model.dropout still applies.
+        x = F.dropout(self.embed(x), p=self.dropout, training=self.head.training)
         return self.head(x)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Callable, Optional
@@ -103,25 +104,72 @@ def _hf_hub_file(spec: str, sha256: Optional[str]) -> Path:
     return path
 
 
+def _numpy_globals() -> list:
+    """What a checkpoint may pickle besides tensors: numpy arrays, scalars and dtypes, nothing callable.
+
+    PANNs' training script saves its sampler's state (numpy index arrays, a RandomState tuple)
+    next to ``"model"``; ``torch.load(weights_only=True)`` refuses those unless their types are
+    allowed. Arrays are rebuilt from raw bytes by ``_reconstruct``; no other code runs. Files
+    written under numpy 1 name ``numpy.core.multiarray``, under numpy 2 ``numpy._core.multiarray``.
+    ``bytes``: pickle protocol 2 writes an empty array's data as ``bytes()``.
+    """
+    import numpy as np  # deferred: only checkpoints need it, and numpy comes with torch anyway
+
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]  # bool, ints, floats, complex
+    return [np.ndarray, np.dtype, *dtypes, core._reconstruct, core.scalar, bytes,
+            (core._reconstruct, "numpy.core.multiarray._reconstruct"), (core.scalar, "numpy.core.multiarray.scalar"),
+            (core._reconstruct, "numpy._core.multiarray._reconstruct"), (core.scalar, "numpy._core.multiarray.scalar")]
+
+
+def _load_torch_file(path: Path):
+    """``torch.load`` that never runs code from the file: tensors, containers and numpy data only."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # Another object type inside (argparse.Namespace, a whole pickled model, ...): name it, never unpickle it.
+        try:
+            allowed = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _numpy_globals()}
+            foreign = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+        except Exception:  # noqa: BLE001 - not a torch file at all: read_checkpoint says so
+            foreign = []
+        if not foreign:
+            raise
+        raise ConfigError(f"model.weights={path}: not a plain checkpoint, it pickles {', '.join(foreign[:3])}, "
+                          f"which esc_sweep does not unpickle (that could run code); on a machine where you "
+                          f"trust the file, save its state dict alone: "
+                          f"torch.save(torch.load(f, weights_only=False)['model'], 'weights.pth')"
+                          ) from None
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint file, unwrapped from ``{"model": ...}`` / ``{"state_dict": ...}``."""
+    """The state dict inside a checkpoint file, unwrapped from ``{"model": ...}`` / ``{"state_dict": ...}``.
+
+    Only the tensors are kept; whatever else the authors saved beside them (an iteration count,
+    PANNs' numpy sampler state, an optimizer) is read as plain data and dropped.
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file  # deferred: optional extra [pretrained]; most are torch files
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _load_torch_file(path)
+    except ConfigError:
+        raise
     except Exception as err:  # a damaged or foreign file: name it in one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.weights={path}: not a readable checkpoint ({first[:200]})") from None
     for wrapper in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ConfigError(f"model.weights={path}: holds no state dict of tensors")
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        found = (f"a dict of {', '.join(sorted(map(str, state))[:4])}" if isinstance(state, dict)
+                 else type(state).__name__)
+        raise ConfigError(f"model.weights={path}: holds no state dict of tensors (found {found})")
     # Checkpoints saved from DataParallel prefix every key with "module.".
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
 def load_pretrained(
@@ -136,9 +184,14 @@ def load_pretrained(
     head = {f"{name}." for name, module in backbone.named_modules() if module is _classifier(backbone)}
     target = backbone.state_dict()
     body = {k for k in target if not any(k.startswith(h) for h in head)}
+    family = getattr(backbone, "family", type(backbone).__name__)
     missing = sorted(k for k in body if k not in state and not k.endswith("num_batches_tracked"))
     extra = sorted(k for k in state if k not in target)
     shapes = sorted(k for k in body & state.keys() if state[k].shape != target[k].shape)
+    if not body & state.keys():  # no name in common: another family altogether, not another width
+        raise ConfigError(f"model.weights={source}: not a {family} checkpoint: none of its {len(state)} tensors "
+                          f"has a name this model uses (it has {', '.join(sorted(state)[:2]) or 'none'}; "
+                          f"{family} has {', '.join(sorted(body)[:2])})")
     if missing or extra or shapes:
         parts = []
         if shapes:
@@ -148,13 +201,13 @@ def load_pretrained(
             parts.append(f"{len(missing)} missing ({', '.join(missing[:3])})")
         if extra:
             parts.append(f"{len(extra)} unexpected ({', '.join(extra[:3])})")
-        raise ConfigError(f"model.weights={source}: does not fit this model ({'; '.join(parts)}); "
+        raise ConfigError(f"model.weights={source}: does not fit this model, {family} ({'; '.join(parts)}); "
                           f"check model.name and model.width against the checkpoint")
     for key in body & state.keys():
         target[key] = state[key].to(target[key].dtype)
     backbone.load_state_dict(target)
-    log.info("model.weights: loaded %d tensors from %s; fresh head %s", len(body & state.keys()), source,
-             ", ".join(sorted(h.rstrip(".") for h in head)) or "-")
+    log.info("model.weights: loaded %d tensors of %s from %s; the classifier head (%s) starts fresh",
+             len(body & state.keys()), family, source, ", ".join(sorted(h.rstrip(".") for h in head)) or "none")
 
 
 def _classifier(backbone: nn.Module) -> Optional[nn.Module]:

@@ -137,7 +137,7 @@ def test_weights_of_another_architecture_are_refused_in_one_line(compose_cfg, tm
     checkpoint = tmp_path / "cnn6.pth"
     torch.save({"model": original}, checkpoint)
     cfg = compose_cfg(["model=panns_cnn10", f"model.weights={checkpoint}"])
-    with pytest.raises(ConfigError, match=r"does not fit this model .*differ in shape") as err:
+    with pytest.raises(ConfigError, match=r"does not fit this model, PANNs CNN10 .*differ in shape") as err:
         create_model(cfg.model, 5, "none", 64)
     assert "\n" not in str(err.value)
 
