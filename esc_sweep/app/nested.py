@@ -36,10 +36,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
 
+from esc_sweep.config import register_configs, validate
+from esc_sweep.console import console
 from esc_sweep.errors import ConfigError, EscSweepError
-from esc_sweep.paths import write_text_atomically
+from esc_sweep.paths import CONFIG_DIR, write_text_atomically
 from esc_sweep.stats import mean_interval
+from esc_sweep.tracking.uri import resolve_tracking_uri
 
 # Keys the nested procedure sets itself for each outer fold.
 RESERVED = ("trainer.folds", "trainer.validation", "hydra.sweeper.study_name", "hydra.sweeper.storage",
@@ -74,8 +78,6 @@ def compose(overrides: Sequence[str]) -> DictConfig:
     from hydra import initialize_config_dir  # deferred: as above
     from hydra.core.global_hydra import GlobalHydra  # deferred: as above
 
-    from esc_sweep.config import register_configs
-    from esc_sweep.paths import CONFIG_DIR
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -104,8 +106,6 @@ class Plan:
             raise ConfigError("nested: hparams_search=NAME is required (the search to nest), e.g. "
                               "hparams_search=esc50_optuna")
         self.search = str(search)
-        from esc_sweep.config import validate  # deferred: the schema check (~0.2 s)
-
         validate(self.cfg)
         folds = [int(f) for f in self.cfg.trainer.folds]
         if outer_folds:
@@ -189,7 +189,6 @@ class NestedCV:
         if not self.plan.tracking:
             return
         from esc_sweep.tracking.nested_run import get_or_create_nested_run  # deferred: MLflow (~2 s)
-        from esc_sweep.tracking.uri import resolve_tracking_uri
 
         self.uri = resolve_tracking_uri(self.plan.cfg)
         self.run_id = get_or_create_nested_run(
@@ -208,7 +207,7 @@ class NestedCV:
     def winner(self, fold: int):
         import optuna  # deferred: optuna (~0.8 s), only once a search ran
 
-        from esc_sweep.sweep.storage import open_storage
+        from esc_sweep.sweep.storage import open_storage  # deferred: as above
 
         study = optuna.load_study(study_name=self.study_name(fold), storage=open_storage(self.storage))
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -270,8 +269,7 @@ class NestedCV:
         }
 
 
-def print_summary(nested: NestedCV, console) -> None:
-    from rich.table import Table
+def print_summary(nested: NestedCV) -> None:
 
     table = Table(title=f"Nested CV {nested.plan.name} (accuracies in %)")
     for column in ("outer fold", "refit: outer acc", "winner's inner value", "winner", "trials", "seconds"):
@@ -296,7 +294,6 @@ def print_summary(nested: NestedCV, console) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    from esc_sweep.console import console
 
     args = parse_args(argv)
     plan = Plan(args.overrides, args.outer_folds, args.name)
@@ -338,5 +335,5 @@ def main(argv: Sequence[str]) -> None:
         from esc_sweep.tracking.nested_run import finish_nested_run  # deferred: MLflow
 
         finish_nested_run(nested.uri, nested.run_id, nested.state["summary"], nested.state_file)
-    print_summary(nested, console)
+    print_summary(nested)
     console.print(f"results: {nested.state_file}")
