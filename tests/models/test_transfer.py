@@ -48,6 +48,24 @@ def test_linear_probe_trains_only_the_head(compose_cfg):
                                                                            "backbone.head.bias"]
 
 
+@pytest.mark.parametrize("overrides,frames", [(["model=panns_cnn6", "model.width=4", "model.dropout=0.5"], 40),
+                                              (["model=efficientat_mn01", "model.dropout=0.5"], 40)])
+def test_linear_probe_keeps_the_dropout_before_the_head(overrides, frames, compose_cfg):
+    """model.dropout applies in linear_probe training (the frozen trunk is in eval mode, the head is not)."""
+    cfg = compose_cfg(overrides + ["model.finetune=linear_probe"])
+    model = create_model(cfg.model, 3, cfg.features.normalize, cfg.features.n_mels)
+    x = torch.randn(2, 1, cfg.features.n_mels, frames, generator=torch.Generator().manual_seed(0)) * 10 - 40
+    model.train()
+    assert not model.backbone.training and model.backbone.get_classifier().training
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(x)
+        second = model(x)
+        assert not torch.allclose(first, second)  # dropout draws differ: it is on
+        model.eval()
+        assert torch.equal(model(x), model(x))  # and off for evaluation
+
+
 def test_freeze_then_unfreeze_opens_the_backbone_after_the_epoch(compose_cfg):
     model, trainee = _model_and_trainee(compose_cfg, ["model.finetune=freeze_then_unfreeze",
                                                       "model.unfreeze_epoch=1"], steps_per_epoch=2)
