@@ -87,12 +87,30 @@ def write_text_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``.
 
     ``path`` is never half-written (a kill or a full disk leaves the old file or none);
-    on failure the temporary file is removed and the OSError is raised for the caller to word.
+    on any failure (an OSError, text that cannot be encoded) the temporary file is removed
+    and the error is raised for the caller to word.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """``path`` as valid text: bytes that are not UTF-8 (a file name from another system) become ``\\xNN``.
+
+    Linux hands such names to Python as lone surrogates, which no UTF-8 output (a terminal,
+    a CSV or JSON file) can hold; the escaped form is what ``ls -b`` shows.
+    """
+    return printable_text(os.fspath(path))
+
+
+def printable_text(text: str) -> str:
+    """``text`` (e.g. an error naming such a file) with its undecodable bytes escaped as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from esc_sweep.data import load_clipset
 from esc_sweep.errors import DataError, EscSweepError
+from esc_sweep.outputs import check_output_folder
 from esc_sweep.figures import results as figures
 from esc_sweep.figures.audio import (
     pick_examples,
@@ -207,6 +208,7 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.classes < 1 or args.clips_per_class < 1:
         raise EscSweepError("--classes and --clips-per-class must be at least 1")
+    check_output_folder(args.out)  # never into a bundle, run, checkpoint or MLflow folder
     bundle, config, cv = _load_source(args.source, args.tracking_uri, args.device)
     if config is None:
         raise EscSweepError(f"{args.source}: no .hydra/config.yaml or bundle: cannot tell which data it used")

@@ -9,8 +9,10 @@ ensemble bundle (``bundle_ensemble/``) averages its fold models. The top-k
 labels per file are printed as a table, or
 written as JSON or CSV. A file that cannot be read is reported and skipped; the
 others are still predicted (exit 2 at the end). ``--output`` is written
-atomically and never over an input or any audio file; CSV to the terminal
-streams row by row.
+atomically, only as a new file or over an earlier predict output, never inside
+a bundle, run, checkpoint or MLflow folder (``esc_sweep.outputs``); CSV to the
+terminal streams row by row. File names that are not valid UTF-8 are predicted
+and shown with their stray bytes as ``\\xNN``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import csv
 import io
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -39,7 +42,8 @@ from esc_sweep.data.audio import (
     to_mono,
 )
 from esc_sweep.errors import EscSweepError
-from esc_sweep.paths import write_text_atomically
+from esc_sweep.outputs import WRITTEN_BY, WRITTEN_BY_KEY, check_output_file, file_kind
+from esc_sweep.paths import printable_path, printable_text, write_text_atomically
 
 FORMATS = ("table", "json", "csv")
 # Windowed decoding keeps memory bounded; the limit bounds time (an hour takes about a minute on 2 cores).
@@ -69,9 +73,18 @@ def collect_files(inputs: Iterable[str]) -> list[Path]:
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif os.path.lexists(path):
+            raise EscSweepError(f"{printable_text(text)} is {_kind_of(path)}, not an audio file or a folder")
         else:
-            raise EscSweepError(f"no such file or folder: {text}")
+            raise EscSweepError(f"no such file or folder: {printable_text(text)}")
     return list(dict.fromkeys(files))  # a file named twice is predicted once
+
+
+def _kind_of(path: Path) -> str:
+    try:
+        return file_kind(os.stat(path).st_mode)
+    except OSError:
+        return "a broken link"
 
 
 def predict_one(bundle: Any, path: Path, top_k: int, max_seconds: Optional[float] = DEFAULT_MAX_SECONDS
@@ -88,7 +101,7 @@ def predict_one(bundle: Any, path: Path, top_k: int, max_seconds: Optional[float
     top = bundle.top_k(probabilities, top_k)
     seconds = info.seconds if info.seconds is not None else 0.0
     return {
-        "file": str(path),
+        "file": printable_path(path),
         "seconds": round(seconds, 3),
         "windows": max(1, num_windows(total, bundle.clip_samples)) if total else 1,
         "label": top[0][0],
@@ -114,8 +127,9 @@ def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None,
             try:
                 record = predict_one(bundle, path, top_k, max_seconds)
             except EscSweepError as err:  # one unreadable file does not cost the others their predictions
-                record = {"file": str(path), "error": str(err)}
-                console.print(f"[yellow]skipped[/] {path}: {err}", markup=True, highlight=False)
+                record = {"file": printable_path(path), "error": printable_text(str(err))}
+                console.print(f"[yellow]skipped[/] {record['file']}: {record['error']}", markup=False,
+                              highlight=False)
             records.append(record)
             if on_record is not None:
                 on_record(record)
@@ -129,7 +143,9 @@ def predict_files(bundle: Any, files: list[Path], top_k: int, on_record=None,
 
 def render_json(bundle: Any, records: list[dict[str, Any]]) -> str:
     document = {
-        "bundle": bundle.source,
+        # First: how a later predict recognises this file as its own output (esc_sweep.outputs).
+        WRITTEN_BY_KEY: WRITTEN_BY,
+        "bundle": printable_text(bundle.source),
         "model": bundle.describe(),
         "class_names": bundle.class_names,
         "models": bundle.num_members,
@@ -192,16 +208,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def check_output(output: Optional[str], files: list[Path]) -> None:
-    """Refuse an --output that would write over an input or over any audio file."""
-    if output is None:
-        return
-    target = Path(output).expanduser()
-    resolved = target.resolve()
-    if any(resolved == f.resolve() for f in files) or (target.exists() and is_audio_file(target)):
-        raise EscSweepError(f"--output {output} is an audio file{' given as input' if target.exists() else ''}: "
-                            f"refusing to write predictions over it; name a .csv, .json or .txt file")
-    if target.is_dir():
-        raise EscSweepError(f"--output {output} is a folder: name a file")
+    """Refuse an --output over anything but an earlier predict output, or inside esc_sweep's folders."""
+    if output is not None:
+        check_output_file(output, files)
 
 
 def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: Optional[str]) -> None:

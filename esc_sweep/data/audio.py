@@ -143,7 +143,7 @@ def probe(path: PathLike, *, max_seconds: Optional[float] = None) -> AudioInfo:
     """
     path = _readable(path)
     try:
-        raw = sf.info(path)
+        raw = sf.info(_native_name(path))
     except _SF_ERRORS as exc:
         raise _undecodable(path, exc) from None
     info = AudioInfo(path, int(raw.samplerate), int(raw.channels), _known(raw.frames), str(raw.format), str(raw.subtype))
@@ -159,6 +159,15 @@ def _readable(path: PathLike) -> str:
     if st.st_size == 0:
         raise DataError(f"audio file {path} is empty (0 bytes): replace it with a valid recording or remove it")
     return path
+
+
+def _native_name(path: str) -> Union[str, bytes]:
+    """The name to hand libsndfile: the bytes on disk on POSIX.
+
+    soundfile encodes a str name as strict UTF-8, which fails for a name that is not
+    valid UTF-8 (Python holds its stray bytes as surrogates); the bytes always open.
+    """
+    return path if os.name == "nt" else os.fsencode(path)
 
 
 def _known(frames: int) -> Optional[int]:
@@ -209,7 +218,7 @@ def _open(path: PathLike, max_seconds: Optional[float]) -> Iterator[tuple[sf.Sou
     """An open SoundFile whose header passed the checks of :func:`probe`."""
     path = _readable(path)
     try:
-        f = sf.SoundFile(path)
+        f = sf.SoundFile(_native_name(path))
     except _SF_ERRORS as exc:
         raise _undecodable(path, exc) from None
     except MemoryError:

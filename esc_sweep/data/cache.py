@@ -58,7 +58,9 @@ def files_fingerprint(paths: Sequence[Path], root: Optional[Path] = None, digest
     h = hashlib.sha256()
     for path, digest in zip(paths, digests):
         name = os.path.relpath(path, root) if root is not None else os.path.basename(path)
-        h.update(f"{Path(name).as_posix()}\0{digest}\n".encode())
+        # os.fsencode: the name's bytes on disk, so a name that is not valid UTF-8 hashes too
+        # (and a valid one hashes exactly as before).
+        h.update(os.fsencode(Path(name).as_posix()) + f"\0{digest}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -113,7 +115,7 @@ def _file_digest(path: Path) -> str:
 
 def _memo_path(cache_dir: Path, root: Optional[Path]) -> Path:
     where = os.path.abspath(root) if root is not None else "(no root)"
-    return Path(cache_dir) / f"digests-{hashlib.sha256(where.encode()).hexdigest()[:16]}.json"
+    return Path(cache_dir) / f"digests-{hashlib.sha256(os.fsencode(where)).hexdigest()[:16]}.json"
 
 
 def _read_memo(memo_file: Path) -> dict:

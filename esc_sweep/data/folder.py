@@ -37,6 +37,7 @@ from esc_sweep.data.cache import content_digests, default_cache_dir, load_wavefo
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.data.files import FileKey, walk_audio_files
 from esc_sweep.errors import DataError
+from esc_sweep.paths import printable_text
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def scan_subfolders(root: Path) -> list[tuple[str, str]]:
         repeats.append(_rel(path, root))
 
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        label = class_dir.name
+        label = printable_text(class_dir.name)  # a label, shown and logged everywhere: valid text
         for path, key in walk_audio_files(class_dir, audio_mod.is_audio_file, on_duplicate):
             rel = _rel(path, root)
             if key in owner:
@@ -204,7 +205,9 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
             )
 
     paths = [root / rel for rel, _ in items]
-    clip_ids_all = [os.path.splitext(rel)[0] for rel, _ in items]
+    # Ids are shown and logged (tables, figures, MLflow): a name that is not UTF-8 gets \\xNN escapes.
+    # The paths keep the bytes on disk, so the file itself is still read.
+    clip_ids_all = [printable_text(os.path.splitext(rel)[0]) for rel, _ in items]
     keep = list(range(len(items)))
     requested = _requested_classes(dataset)
     if requested is not None:
