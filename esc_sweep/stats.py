@@ -108,6 +108,8 @@ def bayesian_correlated_t_test(
     mean, var = float(d.mean()), float(d.var(ddof=1))
     scale = math.sqrt(corrected_variance_factor(n, test_train_ratio) * var)
     if scale == 0.0:  # a point mass at the mean difference
+        if rope == 0 and mean == 0:  # no equivalence region: a tie is split, as baycomp does
+            return 0.5, 0.0, 0.5
         left, right = float(mean < -rope), float(mean > rope)
     else:
         left = float(_scipy_stats.t.cdf(-rope, n - 1, mean, scale))
