@@ -44,7 +44,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from esc_sweep.errors import BundleError
+from esc_sweep.errors import BundleError, damaged_file_reason
 from esc_sweep.models import front_end_record, portable_model_config
 from esc_sweep.paths import write_text_atomically
 
@@ -229,18 +229,130 @@ def _first_line(err: BaseException) -> str:
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
+    """``bundle.json``, checked field by field (``check_meta``): BundleError naming the first bad field."""
+    path = Path(directory) / META_FILE
     try:
-        meta = json.loads((Path(directory) / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise BundleError(f"cannot read {Path(directory) / META_FILE}: {err}") from None
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{Path(directory) / META_FILE} is not an esc_sweep bundle description")
-    if int(meta.get("version", 0)) > READABLE_VERSION:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise BundleError(f"cannot read {path}: {err.strerror or err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path} is damaged (not complete JSON: {_first_line(err)}): restore it from the run's "
+                          f"MLflow artifacts or train the bundle again") from None
+    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not an esc_sweep bundle description (field 'format' is not "
+                          f"{BUNDLE_FORMAT!r})")
+    version = meta.get("version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > READABLE_VERSION:
         raise BundleError(
             f"bundle {directory} has format version {meta['version']}; this esc_sweep reads up to "
             f"{READABLE_VERSION}: upgrade esc_sweep"
         )
+    check_meta(meta, path)
     return meta
+
+
+# --------------------------------------------------------------------------
+# What bundle.json must hold: (dotted field, required, check, what it must be)
+
+
+def _is_int(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any, low: float = 0.0, strict: bool = True) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    return value > low if strict else value >= low
+
+
+def _is_names(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) >= 2 and all(isinstance(v, str) and v for v in value)
+            and len(set(value)) == len(value))
+
+
+_FIELDS = (
+    ("version", True, lambda v: _is_int(v) and v <= READABLE_VERSION, f"an integer 1..{READABLE_VERSION}"),
+    ("class_names", True, _is_names, "a list of at least 2 distinct, non-empty class names"),
+    ("num_bins", True, _is_int, "a positive integer (frequency bins of the model's input)"),
+    ("config", True, lambda v: isinstance(v, dict), "an object (the training config)"),
+    ("config.model", True, lambda v: isinstance(v, dict), "an object"),
+    ("config.model.name", True, lambda v: isinstance(v, str) and bool(v), "a model name"),
+    ("config.features", True, lambda v: isinstance(v, dict), "an object"),
+    ("config.features.sample_rate", True, _is_int, "a positive integer (Hz)"),
+    ("config.features.hop_length", True, _is_int, "a positive integer (samples)"),
+    ("config.dataset", True, lambda v: isinstance(v, dict), "an object"),
+    ("config.dataset.clip_seconds", True, _is_number, "a positive number of seconds"),
+    ("config.trainer", False, lambda v: isinstance(v, dict), "an object"),
+    ("config.trainer.tta_crops", False, lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+    ("config.augmentation", False, lambda v: v is None or isinstance(v, dict), "an object"),
+    ("config.augmentation.crop_seconds", False, lambda v: v is None or _is_number(v, strict=False),
+     "a number of seconds >= 0"),
+    ("cv", False, lambda v: isinstance(v, dict), "an object"),
+    ("front_end", False, lambda v: v is None or isinstance(v, dict), "an object"),
+    ("front_end.features", False, lambda v: v is None or isinstance(v, dict), "an object"),
+    ("members", False, lambda v: v is None or isinstance(v, list), "a list of fold models"),
+)
+
+_MISSING = object()
+
+
+def _lookup(meta: dict[str, Any], dotted: str) -> Any:
+    node: Any = meta
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def check_meta(meta: dict[str, Any], path: Path) -> None:
+    """BundleError naming the first field of ``bundle.json`` that is missing, mistyped or inconsistent.
+
+    Loading trusts these fields to build the model and its front end; a hand-edited or
+    damaged file must fail here, in one line, not deep inside torch.
+    """
+    fix = "restore the file from the run's MLflow artifacts or train the bundle again"
+    for field, required, ok, expected in _FIELDS:
+        value = _lookup(meta, field)
+        if value is _MISSING:
+            if required:
+                raise BundleError(f"{path}: field '{field}' is missing: {fix}")
+            continue
+        if not ok(value):
+            raise BundleError(f"{path}: field '{field}' is {_shown(value)}, expected {expected}: {fix}")
+    _check_members(meta.get("members"), path, fix)
+    _check_front_end(meta, path, fix)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_members(members: Any, path: Path, fix: str) -> None:
+    for index, member in enumerate(members or []):
+        field = f"members[{index}]"
+        if not isinstance(member, dict):
+            raise BundleError(f"{path}: field '{field}' is {_shown(member)}, expected an object: {fix}")
+        if not _is_int(member.get("fold")):
+            raise BundleError(f"{path}: field '{field}.fold' is {_shown(member.get('fold'))}, expected a fold "
+                              f"number: {fix}")
+        weights = member.get("weights")
+        if not isinstance(weights, str) or not weights:
+            raise BundleError(f"{path}: field '{field}.weights' is {_shown(weights)}, expected the weights "
+                              f"file's name: {fix}")
+
+
+def _check_front_end(meta: dict[str, Any], path: Path, fix: str) -> None:
+    """The features the model was trained with (``front_end.features``) must be those the config builds."""
+    recorded = _lookup(meta, "front_end.features")
+    features = meta["config"]["features"]
+    for key, value in (recorded if isinstance(recorded, dict) else {}).items():
+        if key in features and features[key] != value:
+            raise BundleError(
+                f"{path}: field 'config.features.{key}' is {_shown(features[key])} but the model was trained "
+                f"with {_shown(value)} (field 'front_end.features.{key}'): {fix}"
+            )
 
 
 def read_weights(directory: Path, name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
@@ -249,9 +361,16 @@ def read_weights(directory: Path, name: str = WEIGHTS_FILE) -> dict[str, torch.T
     if not path.is_file():
         raise BundleError(f"bundle {directory} has no {name}: it is incomplete, save it again")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise BundleError(f"cannot read weights {path}: {err.strerror or err}") from None
     except Exception as err:  # pickle/zip errors of a damaged file
-        raise BundleError(f"cannot read weights {path}: {_first_line(err)}") from None
+        raise BundleError(f"weights file {path} is damaged ({damaged_file_reason(err)}): restore it from the "
+                          f"run's MLflow artifacts or train the bundle again") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"weights file {path} is damaged (it holds no state dict of tensors): restore it from "
+                          f"the run's MLflow artifacts or train the bundle again")
+    return state
 
 
 def read_member_weights(directory: Path, meta: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ bundle's ``trainer.tta_crops``) wrap whichever model it is.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,22 +17,34 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from esc_sweep.bundle.ensemble import FoldEnsemble
 from esc_sweep.bundle.format import METRICS_FILE, bundle_directory, read_member_weights, read_meta
 from esc_sweep.config import FeaturesConfig, ModelConfig
-from esc_sweep.errors import BundleError
+from esc_sweep.errors import BundleError, EscSweepError
 from esc_sweep.features.transforms import build_features
 from esc_sweep.models import create_model
+from esc_sweep.models.init_from import classifier_head_names
 from esc_sweep.runtime import pick_device
 from esc_sweep.training.tta import averaged_log_probabilities, crop_length
 
+log = logging.getLogger("esc_sweep")
 
-def _section(schema: type, values: dict[str, Any]) -> Any:
-    """A typed config section from a saved dict; keys unknown to this version are ignored."""
+
+def _section(schema: type, values: dict[str, Any], name: str = "", source: str = "") -> Any:
+    """A typed config section from a saved dict; keys unknown to this version are ignored.
+
+    A value of the wrong type (a hand-edited bundle.json) is a BundleError naming its field.
+    """
     known = {f.name for f in fields(schema)}
-    return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in values.items() if k in known})
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in values.items() if k in known})
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+        raise BundleError(f"{source}/bundle.json: field 'config.{name}.{key}' has an invalid value "
+                          f"({str(err).splitlines()[0]}): restore the file or train the bundle again") from None
 
 
 @dataclass
@@ -196,21 +209,26 @@ def load_bundle(
     with bundle_directory(source, tracking_uri) as directory:
         meta = read_meta(directory)
         states = read_member_weights(directory, meta)
-        metrics_path = directory / METRICS_FILE
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+        metrics = _read_metrics(directory / METRICS_FILE)
     config = meta["config"]
-    model_cfg = _section(ModelConfig, config["model"])
-    features_cfg = _section(FeaturesConfig, config["features"])
+    model_cfg = _section(ModelConfig, config["model"], "model", str(source))
+    features_cfg = _section(FeaturesConfig, config["features"], "features", str(source))
     model_cfg.pretrained = False
     model_cfg.init_from = None
+    features = _build_front_end(features_cfg, meta, source)
     models = []
     for state in states:
-        model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
+        try:
+            model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
+        except EscSweepError as err:
+            raise BundleError(f"bundle {source}: its config cannot build a model ({err})") from None
+        _check_consistency(model, state, meta, source)
         mismatch = _state_mismatch(model, state)
         if mismatch:
             raise BundleError(
-                f"bundle {source}: its weights do not fit a {model_cfg.name} built by this esc_sweep ({mismatch}); "
-                f"was it saved by a version with a different model architecture?"
+                f"bundle {source}: its weights do not fit a {model_cfg.name} built from field 'config.model' by "
+                f"this esc_sweep ({mismatch}); was bundle.json edited, or the bundle saved by a version with a "
+                f"different model architecture?"
             )
         model.load_state_dict(state)
         models.append(model)
@@ -223,13 +241,56 @@ def load_bundle(
     return Bundle(
         source=str(source),
         model=model.to(device).eval(),
-        features=build_features(features_cfg).to(device).eval(),
+        features=features.to(device).eval(),
         class_names=list(meta["class_names"]),
         meta=meta,
         metrics=metrics,
         device=device,
         tta_crops=tta_crops,
     )
+
+
+def _read_metrics(path: Path) -> Optional[dict[str, Any]]:
+    """metrics.json (the full CV result), or None when absent; a damaged one only costs the metrics, with a warning."""
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("%s is damaged or unreadable (%s); the bundle loads without its CV metrics", path, err)
+        return None
+    return metrics if isinstance(metrics, dict) else None
+
+
+def _build_front_end(features_cfg: Any, meta: dict[str, Any], source: Any) -> nn.Module:
+    """The feature extractor of the recorded config, checked to give the model the bins it was trained on."""
+    try:
+        features = build_features(features_cfg).eval()
+        clip = max(1, int(round(float(meta["config"]["dataset"]["clip_seconds"]) * int(features_cfg.sample_rate))))
+        with torch.inference_mode():
+            bins = features(torch.zeros(1, min(clip, 4 * int(features_cfg.sample_rate)))).shape[2]
+    except (EscSweepError, ValueError, RuntimeError) as err:
+        raise BundleError(f"bundle {source}: its config.features cannot build the front end "
+                          f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if bins != int(meta["num_bins"]):
+        raise BundleError(f"bundle {source}: field 'num_bins' is {meta['num_bins']} but config.features gives "
+                          f"{bins} frequency bins: bundle.json was edited or damaged; restore it")
+    return features
+
+
+def _check_consistency(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any], source: Any) -> None:
+    """Name the bundle.json field that disagrees with the weights: the input bins or the class count."""
+    mean = state.get("standardize.mean")
+    if isinstance(mean, torch.Tensor) and mean.ndim >= 3 and mean.shape[2] != int(meta["num_bins"]):
+        raise BundleError(f"bundle {source}: field 'num_bins' is {meta['num_bins']} but the weights take "
+                          f"{mean.shape[2]} frequency bins: bundle.json was edited or damaged; restore it")
+    expected = model.state_dict()
+    for name in sorted(classifier_head_names(model)):
+        if name in state and name in expected and state[name].ndim >= 1 and \
+                state[name].shape[0] != expected[name].shape[0]:
+            raise BundleError(f"bundle {source}: field 'class_names' lists {len(meta['class_names'])} classes but "
+                              f"the weights' classifier has {state[name].shape[0]} outputs: bundle.json was "
+                              f"edited or damaged; restore it")
 
 
 def _state_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
