@@ -121,14 +121,16 @@ def pre_emphasis_band_gain(n_mels: int = 128, n_fft: int = 1024, sample_rate: in
     """Mean power gain of the pre-emphasis filter over each of esc_sweep's HTK mel bands [n_mels].
 
     |1 - 0.97 e^{-jw}|^2 ranges from 0.0009 at 0 Hz to 3.9 at Nyquist; a mel spectrogram computed
-    without pre-emphasis times this gain is what it would have been with it, exactly for a flat
-    spectrum inside each band, approximately otherwise (narrow low bands make it close).
+    without pre-emphasis times this gain is what it would have been with it: exactly for a flat
+    spectrum inside each band, approximately otherwise. Worst case, a pure tone below a few hundred
+    Hz, where the gain changes several-fold within one band: up to 0.5 off in the model's units.
     """
     filters = torchaudio.functional.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, None, "htk")
     omega = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * math.pi / (n_fft // 2)
     response = 1 + PRE_EMPHASIS**2 - 2 * PRE_EMPHASIS * torch.cos(omega)
     filters = filters.double()
     return ((filters * response[:, None]).sum(0) / filters.sum(0).clamp_min(1e-12)).float()
+
 
 # input channels, kernel, expanded channels, output channels, squeeze-excitation, activation, stride
 # (MobileNetV3-Large, as in torchvision and EfficientAT).
