@@ -14,7 +14,8 @@ The input is esc_sweep's ``features.kind=fbank`` spectrogram [B, 1, mels, frames
 the Kaldi filter bank that ``ASTFeatureExtractor`` computes (natural-log energies).
 The input adapter applies the extractor's remaining steps: zero-padded or cut to
 ``max_length`` frames, then ``(x - mean) / (2 * std)`` with its statistics. The
-result equals the extractor's ``input_values`` (tests/models/test_parity.py).
+result equals the extractor's ``input_values`` bit for bit, quiet and silent input included
+(tests/models/test_parity.py, tests/models/test_front_end_fixtures.py).
 """
 
 from __future__ import annotations
