@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -113,8 +114,6 @@ def _numpy_globals() -> list:
     written under numpy 1 name ``numpy.core.multiarray``, under numpy 2 ``numpy._core.multiarray``.
     ``bytes``: pickle protocol 2 writes an empty array's data as ``bytes()``.
     """
-    import numpy as np  # deferred: only checkpoints need it, and numpy comes with torch anyway
-
     core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     dtypes = [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]  # bool, ints, floats, complex
     return [np.ndarray, np.dtype, *dtypes, core._reconstruct, core.scalar, bytes,
