@@ -137,10 +137,10 @@ def run(cfg: DictConfig, kept=None) -> float:
     cv = cross_validate(cfg, [progress, *callbacks], init=init, mark_complete=False)
     print_results(cv)  # stdout; progress and errors go to stderr
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
-    path = write_results(cv, output_dir)
-    log.info("results written to %s", path)
-    # Bundles are also logged to the MLflow run of this cross-validation.
+    # Bundles are also logged to the MLflow run of this cross-validation; results.json names it.
     run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
+    path = write_results(cv, output_dir, {"mlflow_run_id": run_id} if run_id else None)
+    log.info("results written to %s", path)
     if cfg.trainer.final_fit:
         final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=init)
     if fold_models is not None:
