@@ -13,7 +13,9 @@ import ast
 import importlib
 import importlib.util
 import signal
+import sqlite3
 import sys
+from pathlib import Path
 
 from esc_sweep import __version__
 from esc_sweep.errors import ConfigError, EscSweepError
@@ -100,6 +102,62 @@ def check_overrides(args: list[str]) -> None:
         raise ConfigError(problems[0] if len(problems) == 1 else "invalid config:\n  " + "\n  ".join(problems))
 
 
+def _option_value(args: list[str], option: str) -> str | None:
+    """The value of ``--option VALUE`` or ``--option=VALUE`` in ``args``, else None."""
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_store_of_runs(args: list[str]) -> None:
+    """``esc-sweep runs`` reads the MLflow store: a missing or damaged one is one line, never an empty new one."""
+    if any(a in HELP_FLAGS for a in args):
+        return
+    from esc_sweep.tracking.uri import check_store_readable, resolve_tracking_uri  # deferred: omegaconf
+
+    check_store_readable(_option_value(args, "--tracking-uri") or resolve_tracking_uri())
+
+
+def database_error_line(err: BaseException) -> str | None:
+    """One line for a database error that reached the command line (a store damaged past the checks), else None."""
+    seen = err
+    while seen is not None:
+        module = type(seen).__module__
+        if isinstance(seen, sqlite3.Error) or (module.startswith("sqlalchemy") and "Error" in type(seen).__name__):
+            detail = str(getattr(seen, "orig", None) or seen).strip().splitlines()
+            return (f"a database this command reads could not be used ({detail[0] if detail else type(seen).__name__}):"
+                    f" if it is an MLflow store (mlruns/mlflow.db, --tracking-uri) or an Optuna study (.db), it is "
+                    f"damaged or locked; move it away or restore it from a backup")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def check_working_folder(args: list[str]) -> None:
+    """Training writes outputs/ in the working folder (Hydra's ``hydra.run.dir``): a read-only one is one line.
+
+    Hydra would create the folder itself and fail with a traceback.
+    """
+    informational = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+    if any(a in informational for a in args) or any(a.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+                                                    for a in args):
+        return
+    import tempfile  # deferred: only for training
+
+    folder = Path.cwd() / "outputs"
+    folder = folder if folder.is_dir() else Path.cwd()
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise EscSweepError(
+            f"cannot write in {folder} ({err.strerror or err}): training writes its outputs there; run from a "
+            f"writable folder, or set hydra.run.dir (and trainer.checkpoint_dir, tracking.uri) to writable places"
+        ) from None
+
+
 def version_text() -> str:
     """The package version and the torch stack it runs on (importing both proves they load together)."""
     # deferred: torch and torchaudio (~3.7 s): only --version pays for them, never --help
@@ -129,11 +187,20 @@ def main() -> None:
         print(subcommands_help(), flush=True)
     try:
         if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+            if sys.argv[1] == "runs":
+                check_store_of_runs(sys.argv[2:])
             importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:])
             return
         check_overrides(sys.argv[1:])
+        check_working_folder(sys.argv[1:])
     except EscSweepError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
+        sys.exit(2)
+    except Exception as err:  # noqa: BLE001 - only database errors are worded; the rest keep their traceback
+        line = database_error_line(err)
+        if line is None:
+            raise
+        console.print(f"[bold red]error:[/] {escape(line)}")
         sys.exit(2)
     from esc_sweep.app.train import main as train  # deferred: training app (~0.6 s, then torch): not for subcommands
 

@@ -19,8 +19,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from esc_sweep.app.serve import serve_until_interrupted
 from esc_sweep.errors import EscSweepError
+from esc_sweep.stores import sqlite_problem
 
 HOST = "127.0.0.1"
+OPTUNA_TABLES = ("studies",)  # every Optuna RDB storage has it
 INSTALL_HINT = ("optuna-dashboard is not installed: pip install -c constraints.txt -e '.[dashboard]' "
                 "(or: pip install optuna-dashboard)")
 
@@ -60,6 +62,12 @@ def main(argv: list[str]) -> None:
     path = local_file(url)
     if path is not None and not path.is_file():  # do not create an empty study file by mistake
         raise EscSweepError(f"{args.storage}: no study file at {path}")
+    if path is not None and url.startswith("sqlite:"):
+        # Optuna would serve a damaged file (or add its tables to another program's database, e.g. mlflow.db).
+        problem = sqlite_problem(path, OPTUNA_TABLES)
+        if problem is not None:
+            raise EscSweepError(f"study file {path} {problem}: give an Optuna study file (outputs/optuna/<study>.db), "
+                                f"or move a damaged one away and restore it from a backup")
     storage = open_storage(url)
     names = [study.study_name for study in storage.get_all_studies()]
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from esc_sweep.errors import EscSweepError
-from esc_sweep.tracking.uri import is_server, resolve_tracking_uri, server_problem
+from esc_sweep.tracking.uri import check_store_readable, is_server, resolve_tracking_uri, server_problem
 
 
 def _first_line(err: BaseException) -> str:
@@ -37,6 +37,7 @@ def log_files(paths: Sequence[Path], artifact_path: str, run_id: Optional[str] =
         from mlflow.tracking import MlflowClient  # deferred: mlflow, as above
 
         uri = tracking_uri or resolve_tracking_uri()
+        check_store_readable(uri)  # never an empty store made by asking, nor a traceback for a damaged one
         client = MlflowClient(uri)
         try:
             client.get_run(run_id)
@@ -65,6 +66,7 @@ def download_run_folder(run_id: str, artifact_path: str, destination: Path, trac
     if problem is not None:
         raise error(f"no MLflow server answers at {uri} ({problem}): start it, or fix --tracking-uri / "
                     f"MLFLOW_TRACKING_URI")
+    check_store_readable(uri)  # never an empty store made by asking, nor a traceback for a damaged one
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)

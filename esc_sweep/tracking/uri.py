@@ -16,6 +16,11 @@ from omegaconf import OmegaConf
 
 from esc_sweep.errors import TrackingError
 from esc_sweep.paths import mlruns_dir
+from esc_sweep.stores import sqlite_problem
+
+# Tables every MLflow SQLite store has once MLflow made it.
+MLFLOW_TABLES = ("experiments", "runs")
+_FIX = "fix tracking.uri / $MLFLOW_TRACKING_URI, or unset both to track into ./mlruns"
 
 
 def default_root() -> Path:
@@ -86,6 +91,9 @@ def check_store(uri: str) -> None:
         if header and header != b"SQLite format 3\x00":
             raise TrackingError(f"MLflow store {uri} is not a SQLite database (damaged or another file): "
                                 f"move it away, or {fix}")
+        problem = sqlite_problem(path) if header else None
+        if problem is not None:
+            raise TrackingError(f"MLflow store {uri} {problem}: move it away, or {fix}")
     try:  # a write transaction proves the file (and its journal beside it) can be written
         connection = sqlite3.connect(path, timeout=30)
         try:
@@ -95,3 +103,27 @@ def check_store(uri: str) -> None:
             connection.close()
     except sqlite3.Error as err:
         raise TrackingError(f"cannot write MLflow store {uri} ({err}): {fix}") from None
+
+
+def sqlite_store_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for servers and other stores."""
+    return Path(uri[len("sqlite:///"):]).expanduser() if uri.startswith("sqlite:///") else None
+
+
+def check_store_readable(uri: str) -> None:
+    """For commands that only read records (runs, predict <run id>, plots --run-id): TrackingError in one line
+    when a local store is missing (it is never created empty), damaged, or not an MLflow store."""
+    path = sqlite_store_path(uri)
+    if path is None:
+        return
+    if path.is_dir():
+        raise TrackingError(f"MLflow store {uri} is a folder, not a database file: {_FIX}")
+    if not path.exists():
+        raise TrackingError(
+            f"no MLflow records at {path}: train something first (python -m esc_sweep ...), run this from the "
+            f"folder you trained in, or point --tracking-uri / MLFLOW_TRACKING_URI at the store"
+        )
+    problem = sqlite_problem(path, MLFLOW_TABLES)
+    if problem is not None:
+        raise TrackingError(f"MLflow store {path} {problem}: move it away or restore it from a backup, or "
+                            f"point --tracking-uri / MLFLOW_TRACKING_URI at another store")
