@@ -165,6 +165,25 @@ def stratified_folds(labels: list[int], num_folds: int, where: str) -> list[int]
     return folds
 
 
+def _require_clips_per_fold(targets: list[int], class_names: list[str], num_folds: int, where: str) -> None:
+    """Refuse a class with fewer clips than folds: some fold would score it while training never saw it.
+
+    (With fewer clips than folds the class cannot be in every fold's training and validation
+    sets; a given fold column may put them all in one fold.)
+    """
+    counts = [0] * len(class_names)
+    for t in targets:
+        counts[t] += 1
+    short = [(name, n) for name, n in zip(class_names, counts) if n < num_folds]
+    if short:
+        listed = ", ".join(f"{printable_text(name)!r} ({n})" for name, n in short[:5])
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        raise DataError(
+            f"{where}: class(es) {listed}{more} have fewer clips than the {num_folds} folds "
+            f"(dataset.num_folds): add clips, leave the class out (dataset.classes) or lower dataset.num_folds"
+        )
+
+
 def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet:
     root = resolve_root(dataset)
     num_folds = int(_opt(dataset, "num_folds", 5))
@@ -216,6 +235,7 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
         keep = [i for i in keep if items[i][1] in wanted]
     targets, class_names = _remap_targets([raw_targets[i] for i in keep], dict(enumerate(names)))
     _require_classes(class_names, requested, where, fix=": add a sub-folder (or CSV label) per class")
+    _require_clips_per_fold(targets.tolist(), class_names, num_folds, where)
 
     cache_dir = _opt(dataset, "cache_dir", None)
     digests = content_digests(paths, root, default_cache_dir(cache_dir))
