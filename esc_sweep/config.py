@@ -80,7 +80,7 @@ class FolderDatasetConfig(DatasetBase):
     csv: Optional[str] = None
 
 
-# dataset.kind -> its schema, stored as dataset/<kind>_schema (conf/dataset/*.yaml name theirs in `defaults`).
+# dataset.kind -> its schema, stored as dataset_<kind>_schema (each conf/dataset/*.yaml names its own in `defaults`).
 DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, "folder": FolderDatasetConfig}
 
 
@@ -288,7 +288,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config, replace=True)
     for kind, schema in DATASET_SCHEMAS.items():
-        cs.store(group="dataset", name=f"{kind}_schema", node=schema, replace=True)
+        cs.store(name=f"dataset_{kind}_schema", node=schema, replace=True)
     # ${esc_sweep_run_tag:} in hydra.run.dir: the process id and a random suffix, so two runs
     # started in the same second (or on two machines sharing a folder) never share an output folder.
     if not OmegaConf.has_resolver("esc_sweep_run_tag"):

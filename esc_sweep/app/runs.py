@@ -45,10 +45,14 @@ def _gap(value: float) -> str:
     return f"{value:+.1%}" if math.isfinite(value) else "-"
 
 
-def _accuracy(mean: float, std: float) -> str:
+def _accuracy(mean: float, interval: tuple[float, float]) -> str:
+    """``76.8% [72.1, 81.5]``: the mean and its 95 % interval (in %); the mean alone for one fold."""
     if not math.isfinite(mean):
         return "-"
-    return f"{mean:.1%} ± {std:.1%}" if math.isfinite(std) else f"{mean:.1%}"
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.1%}"
+    return f"{mean:.1%} [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def _date(ms: int) -> str:
@@ -66,6 +70,8 @@ def _folds(folds: str) -> str:
 
 def group_table(group, show_experiment: bool = False) -> Table:
     """One rich table: the runs of one comparability group."""
+    from esc_sweep.tracking.runs_table import differing_overrides  # deferred with the rest of the MLflow side (main)
+
     first = group.runs[0]
     if group.ranked:
         title = (f"[bold]{escape(first.dataset)}[/] · {escape(first.num_classes)} classes · folds "
@@ -80,25 +86,38 @@ def group_table(group, show_experiment: bool = False) -> Table:
     if show_experiment:
         table.add_column("experiment")
     table.add_column("recipe")
-    table.add_column("folds")
-    table.add_column("classes", justify="right")
-    table.add_column("selection")
-    table.add_column("val acc (mean ± std)", justify="right", no_wrap=True)
+    # A ranked group shares its folds, classes and selection (the heading says them): the width goes to
+    # what differs between its runs instead.
+    shared = group.ranked
+    if not shared:
+        table.add_column("folds")
+        table.add_column("classes", justify="right")
+        table.add_column("selection")
+    table.add_column("epochs", justify="right")
+    table.add_column("val acc (mean [95 % CI])", justify="right", no_wrap=True)
     table.add_column("gap", justify="right")
     table.add_column("date", no_wrap=True)
     table.add_column("run", no_wrap=True)
+    # What tells the runs of this group apart beyond the columns above: their commands' differences.
+    differs = differing_overrides(group.runs)
+    if any(differs.values()):
+        table.add_column("differs (overrides)", overflow="fold", min_width=24)
     rank = 0
     for run in group.runs:
         rank += run.ranked  # pruned runs and runs without a mean are listed unranked
         cells = [str(rank) if run.ranked else "-", escape(run.model), escape(run.features)]
         if show_experiment:
             cells.append(escape(run.experiment))
-        cells += [escape(run.recipe), escape(_folds(run.folds)), escape(run.num_classes), escape(run.selection),
-                  # One fold has no spread: "± 0.0%" would claim a certainty nobody measured.
-                  "pruned" if run.pruned else _accuracy(run.val_acc_mean,
-                                                        run.val_acc_std if _fold_count(run.folds) > 1 else math.nan),
+        cells.append(escape(run.recipe))
+        if not shared:
+            cells += [escape(_folds(run.folds)), escape(run.num_classes), escape(run.selection)]
+        cells += [escape(run.epochs),
+                  # One fold has no interval: "± 0.0%" would claim a certainty nobody measured.
+                  "pruned" if run.pruned else _accuracy(run.val_acc_mean, run.interval()),
                   "-" if run.pruned else _gap(run.gap_mean), _date(run.start_time),
                   run.run_id[:RUN_ID_PREFIX]]
+        if any(differs.values()):
+            cells.append(escape(differs.get(run.run_id) or "(defaults)"))
         table.add_row(*cells)
     return table
 

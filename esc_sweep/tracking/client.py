@@ -8,6 +8,7 @@ sweeps run many trials in one process.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import subprocess
 import time
@@ -85,13 +86,40 @@ def _client(uri: str) -> MlflowClient:
         raise TrackingError(f"cannot use MLflow tracking URI {uri!r}: {err.message}") from None
 
 
+# The runs table's landing view, saved on the experiment as a shared view state (MLflow's "Share" of a
+# view stores the same tag): opened with ``?viewStateShareKey=esc_sweep`` (the link each run logs, see
+# ``runs_table_url``), the table is sorted by mean accuracy and shows it with its 95 % interval and what
+# tells runs apart: the dataset with its classes, folds, epochs, selection, model.
+RUNS_VIEW_KEY = "esc_sweep"
+RUNS_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
+RUNS_VIEW_COLUMNS = (
+    "metrics.`cv_val_acc_mean`", "metrics.`cv_val_acc_ci95_low`", "metrics.`cv_val_acc_ci95_high`",
+    "tags.`model`", "tags.`esc_sweep.dataset_label`", "tags.`esc_sweep.num_classes`", "tags.`esc_sweep.folds`",
+    "tags.`esc_sweep.epochs`", "tags.`esc_sweep.selection`", "tags.`esc_sweep.recipe`", "attributes.`Dataset`",
+)
+
+
+def runs_view_state() -> str:
+    """The JSON of the landing view: search facets and UI state, as MLflow's UI reads a shared view."""
+    return json.dumps({
+        "orderByKey": "metrics.`cv_val_acc_mean`",
+        "orderByAsc": False,
+        "searchFilter": "",
+        "lifecycleFilter": "Active",
+        "selectedColumns": list(RUNS_VIEW_COLUMNS),
+        "columnWidths": {},
+        "runsHiddenMode": "SHOW_ALL",
+    }, separators=(",", ":"))
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created (tagged as a model-training experiment) when it does not exist."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
             return client.create_experiment(name, artifact_location=artifact_location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+                                                  RUNS_VIEW_TAG: runs_view_state()})
         except MlflowException:
             # Another process (a parallel sweep trial) created it in the meantime.
             experiment = client.get_experiment_by_name(name)
@@ -105,6 +133,8 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         # Made by an earlier esc_sweep (or by hand) without the tag: it opens on the runs table from now on.
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if experiment.tags.get(RUNS_VIEW_TAG) != runs_view_state():
+        client.set_experiment_tag(experiment.experiment_id, RUNS_VIEW_TAG, runs_view_state())
     return experiment.experiment_id
 
 

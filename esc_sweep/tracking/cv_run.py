@@ -43,7 +43,7 @@ from typing import Any, Iterable, Mapping
 import mlflow
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import DatasetInput, Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +55,7 @@ from esc_sweep.training.results import CVResult, FoldResult
 
 log = logging.getLogger("esc_sweep.tracking")
 from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the tracking API)
+    RUNS_VIEW_KEY,
     _GROUP_FALLBACKS,
     _MAX_PARAM_LENGTH,
     ERROR_TAG,
@@ -80,7 +81,18 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     display_value,
     git_commit,
 )
-from esc_sweep.tracking.labels import FOLDS_TAG, run_labels, run_name
+from esc_sweep.tracking.labels import (
+    DATASET_LABEL_TAG,
+    EPOCHS_TAG,
+    FINGERPRINT_TAG,
+    FOLDS_TAG,
+    SELECTION_TAG,
+    finished_run_name,
+    folds_phrase,
+    run_labels,
+    run_name,
+)
+from esc_sweep.tracking.uri import is_server
 from esc_sweep.tracking.system_metrics import start_system_metrics
 
 # Per-fold values the CV run logs with step = fold number, beside their means (cv_<key>_mean).
@@ -180,12 +192,35 @@ def _numeric(values: Mapping[str, Any], skip: Iterable[str] = ("epoch",)) -> dic
 
 
 def runs_table_path(experiment_id: str) -> str:
-    """The UI route of an experiment's runs table, in the "Model training" view.
+    """The UI route of an experiment's runs table, in the "Model training" view, esc_sweep's landing view.
 
     MLflow 3.17's UI opens every experiment in its GenAI view (traces) unless the URL
     asks for the machine-learning one; the experiment-kind tag alone is not enough.
+    ``viewStateShareKey`` opens the view saved on the experiment (``client.runs_view_state``):
+    sorted by mean accuracy, with its interval and the columns that tell runs apart.
     """
-    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={RUNS_VIEW_KEY}"
+
+
+def runs_table_link(tracking_uri: str, experiment_id: str) -> str:
+    """Where to see the runs: the full URL on a tracking server, else how to open the local store."""
+    path = runs_table_path(experiment_id)
+    if is_server(tracking_uri):
+        return tracking_uri.rstrip("/") + path
+    return (f"mlflow ui --backend-store-uri {tracking_uri}, then open http://127.0.0.1:5000{path}")
+
+
+def dataset_input(labels: Mapping[str, str]) -> DatasetInput:
+    """The run's data as an MLflow dataset input: the runs table's (default) Dataset column shows
+    ``esc50[5 classes]`` with the data copy's fingerprint, and as its context folds, epochs and selection."""
+    from mlflow.entities import Dataset, InputTag  # deferred with the rest of MLflow's entities below
+
+    name = labels.get(DATASET_LABEL_TAG) or labels.get("dataset", "?")
+    source = json.dumps({"dataset": labels.get("dataset"), "classes": labels.get("esc_sweep.classes"),
+                         "folds": labels.get(FOLDS_TAG)})
+    context = f"{folds_phrase(labels[FOLDS_TAG])} · {labels.get(EPOCHS_TAG, '?')} ep · selection {labels.get(SELECTION_TAG)}"
+    dataset = Dataset(name=name, digest=str(labels.get(FINGERPRINT_TAG, ""))[:36], source_type="local", source=source)
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
 class MlflowTracker(Callback):
@@ -278,6 +313,8 @@ class MlflowTracker(Callback):
 
         self._log_parent_params({**flatten_config(cfg), **environment})
         self.client.log_text(self.parent_run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        if not self._resumed:
+            self.client.log_inputs(self.parent_run_id, datasets=[dataset_input(self._tags)])
 
     def _create_parent(self, commit: str | None) -> str:
         cfg = self.cfg
@@ -499,11 +536,18 @@ class MlflowTracker(Callback):
         if histories:
             _log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
         self._stop_system_metrics()
+        if not self.cfg.tracking.run_name:
+            # The accuracy leads the name: the runs table shows the first 20 characters or so of it.
+            # A sweep's trial keeps its "trial-<n>-" in front.
+            trial = self.cfg.sweep.trial_number
+            name = finished_run_name(run_name(self._tags), summary.get("cv_val_acc_mean", float("nan")),
+                                     summary.get("cv_val_acc_ci95_low"), summary.get("cv_val_acc_ci95_high"))
+            self.client.update_run(run_id, name=f"trial-{trial}-{name}" if trial is not None else name)
         self.client.set_tag(run_id, STATUS_TAG, "finished")
         self.client.set_terminated(run_id, "FINISHED")
         self._parent_open = False
-        log.info("MLflow: run %s; in `mlflow ui` (or the server), the runs table is %s", run_id,
-                 runs_table_path(self.experiment_id))
+        log.info("MLflow: run %s; the runs table, best first: %s", run_id,
+                 runs_table_link(self.tracking_uri, self.experiment_id))
 
     def _stop_system_metrics(self) -> None:
         sampler, self._system_metrics = self._system_metrics, None

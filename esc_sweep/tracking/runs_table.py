@@ -47,6 +47,30 @@ class CVRun:
     gap_mean: float
     start_time: int  # ms since the epoch
     pruned: bool = False  # a sweep trial stopped early by its pruner: listed, never ranked
+    ci95_low: float = float("nan")  # the 95 % interval of the mean accuracy, as logged (NaN: not logged)
+    ci95_high: float = float("nan")
+    overrides: str = ""  # the command line's overrides (tag esc_sweep.overrides)
+    epochs: str = "?"
+
+    @property
+    def num_folds(self) -> int:
+        return len([f for f in self.folds.split(",") if f.strip().isdigit()])
+
+    def interval(self) -> tuple[float, float]:
+        """The 95 % interval of the mean accuracy: as logged, else Student t from the mean, std and fold count.
+
+        Runs logged before the interval existed have only ``cv_val_acc_std`` (the folds' sample
+        standard deviation); one fold has no interval (NaNs).
+        """
+        if math.isfinite(self.ci95_low) and math.isfinite(self.ci95_high):
+            return self.ci95_low, self.ci95_high
+        n = self.num_folds
+        if n < 2 or not (math.isfinite(self.val_acc_mean) and math.isfinite(self.val_acc_std)):
+            return float("nan"), float("nan")
+        from scipy import stats  # deferred: scipy (~0.5 s), only for runs without a logged interval
+
+        half = float(stats.t.ppf(0.975, n - 1)) * self.val_acc_std / math.sqrt(n)
+        return self.val_acc_mean - half, self.val_acc_mean + half
 
     @property
     def ranked(self) -> bool:
@@ -101,6 +125,10 @@ def _row(run: Any, experiment: str) -> CVRun:
         gap_mean=_metric(metrics, "cv_gap_mean"),
         start_time=int(run.info.start_time or 0),
         pruned=tags.get(STATUS_TAG) == "pruned" or tags.get(PRUNED_TAG) == "true",
+        ci95_low=_metric(metrics, "cv_val_acc_ci95_low"),
+        ci95_high=_metric(metrics, "cv_val_acc_ci95_high"),
+        overrides=tags.get("esc_sweep.overrides", ""),
+        epochs=tags.get(L.EPOCHS_TAG) or params.get("trainer.epochs", "?"),
     )
 
 
@@ -170,3 +198,38 @@ def comparable_groups(runs: Iterable[CVRun]) -> list[RunGroup]:
             group.runs.sort(key=lambda r: -r.start_time)
     keyed = sorted((g for g in by_key.values() if g.ranked), key=lambda g: -g.latest)
     return keyed + ([by_key[None]] if None in by_key else [])
+
+
+def differing_overrides(runs: Iterable[CVRun]) -> dict[str, str]:
+    """Per run id, the command-line overrides it does not share with every other run of ``runs``.
+
+    Runs of one comparability group share data, classes, folds and selection; what set them
+    apart is in their commands (``optimizer.lr=0.01`` against ``optimizer.lr=0.003``). A key
+    given by some runs and not others counts as differing too (the others ran its default).
+    """
+    runs = list(runs)
+    parsed = {run.run_id: _override_pairs(run.overrides) for run in runs}
+    if not parsed:
+        return {}
+    keys = set().union(*(dict(p) for p in parsed.values()))
+    common = {k for k in keys if len({dict(p).get(k) for p in parsed.values()}) == 1}
+    return {run_id: " ".join(f"{k}={v}" if v is not None else k for k, v in pairs if k not in common)
+            for run_id, pairs in parsed.items()}
+
+
+def _override_pairs(overrides: str) -> list[tuple[str, Optional[str]]]:
+    """``a=1 +b=[1, 2]`` as [("a", "1"), ("+b", "[1, 2]")]: Hydra's task overrides, as the tracker joined them."""
+    import shlex
+
+    try:
+        tokens = shlex.split(overrides)
+    except ValueError:  # an unbalanced quote in a hand-written tag
+        tokens = overrides.split()
+    pairs: list[tuple[str, Optional[str]]] = []
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if sep or not pairs or pairs[-1][1] is None:
+            pairs.append((key, value if sep else None))
+        else:  # the tracker joins with spaces: "trainer.folds=[1, 2]" arrives as two tokens
+            pairs[-1] = (pairs[-1][0], f"{pairs[-1][1]} {token}")
+    return pairs

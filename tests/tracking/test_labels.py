@@ -28,10 +28,22 @@ def test_tags_carry_the_trained_model_not_the_config_group():
     assert tags[L.FINGERPRINT_TAG] == "f" * 16
     assert tags[L.SELECTION_TAG] == "none" and tags[L.RECIPE_TAG] == "none"
     assert len(tags[L.COMPARE_KEY_TAG]) == 12
-    assert L.run_name(tags) == "efficientnet_b2 · mfcc · synthetic · 5 folds"
-    assert L.run_name(tags, trial_number=4) == "trial-4-efficientnet_b2 · mfcc · synthetic · 5 folds"
+    assert L.run_name(tags) == "efficientnet_b2 · mfcc · synthetic · 5 folds · 8 ep"
+    assert L.run_name(tags, trial_number=4) == "trial-4-efficientnet_b2 · mfcc · synthetic · 5 folds · 8 ep"
     one = _labels(["trainer.folds=[2]"])
-    assert L.run_name(one).endswith(" · fold 2") and one[L.NUM_FOLDS_TAG] == "1"
+    assert L.run_name(one).endswith(" · fold 2 · 8 ep") and one[L.NUM_FOLDS_TAG] == "1"
+
+
+def test_run_names_lead_with_what_tells_runs_apart():
+    # The default log-mel front end is left out; a class subset is named with its size.
+    subset = _labels(["dataset.classes=[class_0,class_1,class_2]", "trainer.folds=[1]", "trainer.epochs=3"])
+    assert subset[L.DATASET_LABEL_TAG] == "synthetic[3 classes]" and subset[L.EPOCHS_TAG] == "3"
+    assert L.run_name(subset) == "baseline_cnn · synthetic[3 classes] · fold 1 · 3 ep"
+    assert _labels([])[L.DATASET_LABEL_TAG] == "synthetic"  # all classes: the dataset's own name
+    # A finished run's name starts with its accuracy and the half-width of its 95 % interval.
+    assert L.finished_run_name("x", 0.768, 0.722, 0.814) == "76.8 % ±4.6 · x"
+    assert L.finished_run_name("x", 0.5, float("nan"), float("nan")) == "50.0 % · x"  # one fold: no interval
+    assert L.finished_run_name("x", float("nan")) == "x"
 
 
 def test_selection_protocol_is_trainer_validation():
@@ -60,7 +72,9 @@ def test_compare_key_ignores_the_model_and_separates_data_classes_folds_and_sele
         assert _labels(["trainer.folds=[1,2,3]", f"trainer.validation={validation}"])[L.COMPARE_KEY_TAG] != key
     assert _labels(["trainer.folds=[1,2,3]"], classes=("a", "b"))[L.COMPARE_KEY_TAG] != key
     assert _labels(["trainer.folds=[1,2,3]"], fingerprint="0" * 16)[L.COMPARE_KEY_TAG] != key
-    assert _labels(["trainer.folds=[1,2,3]", "dataset=esc10"])[L.COMPARE_KEY_TAG] != key
+    # (FAST_SYNTHETIC's dataset.* keys are synthetic-only: ESC-10 takes the rest of it.)
+    esc10 = [o for o in FAST_SYNTHETIC if not o.startswith("dataset")] + ["dataset=esc10", "trainer.folds=[1,2,3]"]
+    assert L.run_labels(compose_config(esc10), ["a", "b", "c"], "f" * 16)[L.COMPARE_KEY_TAG] != key
 
 
 def test_a_long_class_list_is_tagged_by_its_hash():

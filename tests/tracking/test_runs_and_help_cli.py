@@ -21,8 +21,11 @@ NO_SERVER = {"MLFLOW_TRACKING_URI": None}
 
 
 def _cv_run(client: MlflowClient, experiment_id: str, *, model: str, key: str | None, acc: float,
-            status: str = "FINISHED", role: str = "cv", folds: str = "1,2,3,4,5", features: str = "mel") -> str:
+            status: str = "FINISHED", role: str = "cv", folds: str = "1,2,3,4,5", features: str = "mel",
+            overrides: str | None = None, ci95: tuple[float, float] | None = None) -> str:
     tags = {ROLE_TAG: role, L.MODEL_TAG: model, L.FEATURES_TAG: features, L.DATASET_TAG: "esc50"}
+    if overrides is not None:
+        tags["esc_sweep.overrides"] = overrides
     if key is not None:
         tags.update({L.COMPARE_KEY_TAG: key, L.FOLDS_TAG: folds, L.NUM_FOLDS_TAG: str(len(folds.split(","))),
                      L.NUM_CLASSES_TAG: "50", L.SELECTION_TAG: "none", L.RECIPE_TAG: "none",
@@ -30,6 +33,9 @@ def _cv_run(client: MlflowClient, experiment_id: str, *, model: str, key: str | 
     run_id = client.create_run(experiment_id, tags=tags, run_name=f"{model}-{key}").info.run_id
     for name, value in (("cv_val_acc_mean", acc), ("cv_val_acc_std", 0.02), ("cv_gap_mean", 0.1)):
         client.log_metric(run_id, name, value)
+    if ci95 is not None:
+        client.log_metric(run_id, "cv_val_acc_ci95_low", ci95[0])
+        client.log_metric(run_id, "cv_val_acc_ci95_high", ci95[1])
     client.set_terminated(run_id, status)
     return run_id
 
@@ -77,14 +83,42 @@ def test_runs_ranks_only_comparable_runs_together(store):
     assert heading_a < position["a_high"] < position["a_low"]
     assert not heading_a < heading_b < position["a_low"] and not heading_b < heading_a < position["b_only"]
     row = _row(text, ids["a_high"])
-    assert re.search(r"│ 1 │ efficientnet_b2 │ mel .*│ 1,2,3,4,5 \(5\) │ +50 │ none +│ +83\.0% ± 2\.0% │ \+10\.0% │ "
-                     r"\d{4}-\d\d-\d\d \d\d:\d\d │", row), row
+    # No interval logged (an older run): Student t from the std over 5 folds, 2.776 * 2.0 / sqrt(5) = 2.5 points.
+    # A ranked group's folds, classes and selection are in its heading, not in every row.
+    assert "esc50 · 50 classes · folds 1,2,3,4,5 · selection none" in lines[heading_a]
+    assert re.search(r"│ 1 │ efficientnet_b2 │ mel +│ none +│ +\? │ +83\.0% \[80\.5, 85\.5\] │ "
+                     r"\+10\.0% │ \d{4}-\d\d-\d\d \d\d:\d\d │", row), row
+    assert "95.0% │" in _row(text, ids["b_only"])  # one fold: no interval
     assert "│ 2 │ resnet18" in _row(text, ids["a_low"])
     assert "│ 1 │ baseline_cnn" in _row(text, ids["b_only"])  # 95 % is not ranked above the 5-fold runs
     # Older runs without a key: listed last, unranked.
     assert position["legacy"] > max(position["a_low"], position["b_only"])
     assert "│ - │ resnet10t" in _row(text, ids["legacy"]) and "without a comparability key" in text
     assert "4 finished cross-validation run(s) in experiment esc_sweep, 2 comparable group(s)" in text
+
+
+def test_runs_that_differ_only_in_their_commands_show_the_difference_and_the_interval(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("esc_sweep")
+    same = "dataset=esc10 trainer.folds=[1,2,3,4,5] trainer.epochs=30"
+    fast = _cv_run(client, experiment, model="baseline_cnn", key="cccccccccccc", acc=0.80,
+                   overrides=f"{same} optimizer.lr=0.003", ci95=(0.751, 0.849))
+    slow = _cv_run(client, experiment, model="baseline_cnn", key="cccccccccccc", acc=0.70,
+                   overrides=f"{same} optimizer.lr=0.0003 augmentation=none", ci95=(0.612, 0.788))
+    again = _cv_run(client, experiment, model="baseline_cnn", key="cccccccccccc", acc=0.75, overrides=same)
+    out = run_cli(["runs", "--tracking-uri", uri], cwd=tmp_path, env=NO_SERVER, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "overrides" in out.stdout, out.stdout
+    fast_row, slow_row, again_row = (_row(out.stdout, run) for run in (fast, slow, again))
+    # Only what is not common to all three: the shared dataset, folds and epochs are left out.
+    assert "optimizer.lr=0.003" in fast_row and "augmentation" not in fast_row and "esc10" not in fast_row
+    assert "optimizer.lr=0.0003 augmentation=none" in slow_row
+    assert "(defaults)" in again_row  # ran the defaults of what the others changed
+    # The logged interval as it is; without one, Student t from mean, std and 5 folds.
+    assert "80.0% [75.1, 84.9]" in fast_row and "70.0% [61.2, 78.8]" in slow_row
+    assert "75.0% [72.5, 77.5]" in again_row
 
 
 def test_runs_all_experiments_and_explicit_uri(store, tmp_path):

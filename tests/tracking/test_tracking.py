@@ -255,7 +255,22 @@ def test_cv_run_has_parent_with_three_fold_children_curves_and_figures(store, re
     assert tags["esc_sweep.folds"] == "1,2,3" and tags["esc_sweep.num_folds"] == "3"
     assert tags["esc_sweep.selection"] == "none" and tags["esc_sweep.recipe"] == "none"
     assert len(tags["esc_sweep.compare_key"]) == 12
-    assert parent.info.run_name == "baseline_cnn · mel · synthetic · 3 folds"
+    # The name leads with the accuracy and the half-width of its 95 % interval, then what tells runs apart.
+    metrics = parent.data.metrics
+    half = 100 * (metrics["cv_val_acc_ci95_high"] - metrics["cv_val_acc_ci95_low"]) / 2
+    assert parent.info.run_name == (f"{100 * metrics['cv_val_acc_mean']:.1f} % ±{half:.1f} · "
+                                    "baseline_cnn · synthetic · 3 folds · 3 ep")
+    assert tags["esc_sweep.dataset_label"] == "synthetic" and tags["esc_sweep.epochs"] == "3"
+    # The Dataset column (shown by default): the data, its fingerprint, and folds, epochs, selection.
+    (data_input,) = parent.inputs.dataset_inputs
+    assert data_input.dataset.name == "synthetic" and params["dataset_fingerprint"].startswith(data_input.dataset.digest)
+    assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "3 folds · 3 ep · selection none"
+    # The landing view saved on the experiment: sorted by mean accuracy, with the interval's columns.
+    view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.esc_sweep"])
+    assert view["orderByKey"] == "metrics.`cv_val_acc_mean`" and view["orderByAsc"] is False
+    assert {"metrics.`cv_val_acc_mean`", "metrics.`cv_val_acc_ci95_low`", "metrics.`cv_val_acc_ci95_high`",
+            "tags.`esc_sweep.dataset_label`", "tags.`esc_sweep.folds`", "tags.`esc_sweep.epochs`",
+            "tags.`esc_sweep.selection`"} <= set(view["selectedColumns"])
     assert {c.data.tags["esc_sweep.compare_key"] for c in children.values()} == {tags["esc_sweep.compare_key"]}
     # Per-fold values on the CV run, step = fold number, beside their mean.
     for key in ("val_acc", "train_acc", "gap", "val_f1"):
