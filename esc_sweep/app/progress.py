@@ -61,6 +61,7 @@ class TrainingProgress(Callback):
         self.epochs: dict[int, int] = {}  # epochs planned per fold in training
         self.planned_epochs = 0  # of the last fold started (the folds not started yet get as many)
         self.steps_per_epoch: dict[int, int] = {}
+        self.steps_done: dict[int, int] = {}  # steps of the current epoch, per fold
         self.last_epoch: dict[int, int] = {}  # last epoch seen per fold (jumps reset the clocks)
         # Plain mode: time spent training, to estimate what is left.
         self.fold_started: dict[int, float] = {}
@@ -104,7 +105,9 @@ class TrainingProgress(Callback):
             for tasks in (self.epoch_tasks, self.step_tasks):
                 if fold in tasks:
                     self.progress.remove_task(tasks.pop(fold))
-            self.epoch_tasks[fold] = self.progress.add_task(f"{_label(fold)} epochs", total=self.epochs[fold])
+            self.steps_done[fold] = 0
+            self.epoch_tasks[fold] = self.progress.add_task(f"{_label(fold)} epoch 1/{self.epochs[fold]}",
+                                                            total=self.epochs[fold])
             self.step_tasks[fold] = self.progress.add_task("  steps", total=self.steps_per_epoch[fold])
 
     def on_step_end(self, fold: int, step: int) -> None:
@@ -115,11 +118,19 @@ class TrainingProgress(Callback):
         self.progress.advance(self.epoch_tasks[fold], 1 / per_epoch)
         if self.folds_task is not None:
             self.progress.advance(self.folds_task, 1 / (per_epoch * self.epochs[fold]))
+        self.steps_done[fold] = self.steps_done.get(fold, 0) + 1
+        if self.steps_done[fold] == per_epoch:
+            # The epoch's steps are done and its evaluation runs (seconds to minutes): the counter says
+            # this epoch, so the label must too, not the one before it.
+            epoch = self.last_epoch.get(fold, 0) + 1
+            self.progress.update(self.epoch_tasks[fold], completed=epoch,
+                                 description=f"{_label(fold)} epoch {epoch}/{self.epochs[fold]}: evaluating")
 
     def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
         epochs = self.epochs.get(fold, epoch)
         jumped = epoch != self.last_epoch.get(fold, 0) + 1  # resumed inside the fold
         self.last_epoch[fold] = epoch
+        self.steps_done[fold] = 0
         now = self.get_time()
         if self.fancy and fold in self.epoch_tasks:
             text = _epoch_text(fold, epoch, epochs, metrics)

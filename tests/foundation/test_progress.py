@@ -101,11 +101,17 @@ def test_training_bars_show_fold_and_epoch_etas_and_logs_print_above_them(termin
     assert progress.fancy
     progress.on_cv_start({})
     progress.on_fold_start(1, {"epochs": 4, "steps_per_epoch": 2})
+    progress.progress.refresh()
+    assert screen(terminal.getvalue())[1].startswith("fold 1 epoch 1/4 ")  # the epoch under way, 0/4 done
     clock.now += 5.0
     progress.on_step_end(1, 1)
     logging.getLogger("esc_sweep.test").warning("a message mid-fold")
     clock.now += 5.0
     progress.on_step_end(1, 2)
+    # The steps are done, the evaluation runs: label and counter both say epoch 1 (not the label behind).
+    progress.progress.refresh()
+    row = next(r for r in screen(terminal.getvalue())[::-1] if r.startswith("fold 1 "))
+    assert row.startswith("fold 1 epoch 1/4: evaluating") and " 1/4 " in row, row
     progress.on_epoch_end(1, 1, {"train_loss": 1.23456, "val_acc": 0.5})
     progress.progress.refresh()
     rows = screen(terminal.getvalue())
