@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from esc_sweep.errors import EscSweepError
+from esc_sweep.paths import file_kind
 
 # How every predict output starts (the JSON document's first key, the CSV header, the table's title).
 WRITTEN_BY_KEY, WRITTEN_BY = "written_by", "esc-sweep predict"
@@ -60,19 +61,6 @@ def enclosing_kept_folder(path: Path) -> Optional[tuple[Path, str]]:
         if kind is not None:
             return folder, kind
     return None
-
-
-def file_kind(mode: int) -> str:
-    """'a FIFO', 'a device file', ... for a non-regular file's mode."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device file"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "not a regular file"
 
 
 def is_predict_output(path: Path) -> bool:

@@ -10,6 +10,8 @@ import sqlite3
 from pathlib import Path
 from typing import Iterable, Optional
 
+from esc_sweep.paths import special_kind
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -20,6 +22,9 @@ def sqlite_problem(path: Path, tables: Iterable[str] = ()) -> Optional[str]:
     damage in the middle of the file is found too, not only a broken header. An empty file
     is a database not made yet: it has none of ``tables``.
     """
+    kind = special_kind(path)
+    if kind is not None:  # never opened: a FIFO would block the command forever
+        return f"is {kind}, not a database file"
     try:
         with open(path, "rb") as handle:
             header = handle.read(len(SQLITE_HEADER))

@@ -19,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from esc_sweep.app.serve import serve_until_interrupted
 from esc_sweep.errors import EscSweepError
+from esc_sweep.paths import special_kind
 from esc_sweep.stores import sqlite_problem
 
 HOST = "127.0.0.1"
@@ -61,7 +62,9 @@ def main(argv: list[str]) -> None:
     url = url_for(args.storage, Path.cwd())
     path = local_file(url)
     if path is not None and not path.is_file():  # do not create an empty study file by mistake
-        raise EscSweepError(f"{args.storage}: no study file at {path}")
+        kind = special_kind(path) or ("a folder" if path.is_dir() else None)
+        raise EscSweepError(f"{args.storage}: {path} is {kind}, not a study file" if kind else
+                            f"{args.storage}: no study file at {path}")
     if path is not None and url.startswith("sqlite:"):
         # Optuna would serve a damaged file (or add its tables to another program's database, e.g. mlflow.db).
         problem = sqlite_problem(path, OPTUNA_TABLES)

@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -42,8 +41,8 @@ from esc_sweep.data.audio import (
     to_mono,
 )
 from esc_sweep.errors import EscSweepError
-from esc_sweep.outputs import WRITTEN_BY, WRITTEN_BY_KEY, check_output_file, file_kind
-from esc_sweep.paths import printable_path, printable_text, write_text_atomically
+from esc_sweep.outputs import WRITTEN_BY, WRITTEN_BY_KEY, check_output_file
+from esc_sweep.paths import file_kind, printable_path, printable_text, write_text_atomically
 
 FORMATS = ("table", "json", "csv")
 # Windowed decoding keeps memory bounded; the limit bounds time (an hour takes about a minute on 2 cores).

@@ -46,7 +46,7 @@ from torch import nn
 
 from esc_sweep.errors import BundleError, damaged_file_reason
 from esc_sweep.models import front_end_record, portable_model_config
-from esc_sweep.paths import write_text_atomically
+from esc_sweep.paths import special_kind, write_text_atomically
 
 log = logging.getLogger("esc_sweep")
 
@@ -187,6 +187,9 @@ def bundle_directory(source: Union[str, Path], tracking_uri: Optional[str] = Non
     """
     text = str(source).strip()
     path = Path(text).expanduser()
+    kind = special_kind(path)
+    if kind is not None:
+        raise BundleError(f"model bundle {text} is {kind}: give a bundle folder or an MLflow run id")
     if path.exists():
         yield _local_bundle_dir(path)
         return

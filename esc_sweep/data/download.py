@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import http.client
 import os
 import re
@@ -35,6 +36,8 @@ _CHUNK = 1 << 16
 _MARKER = ".esc_sweep_complete"
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _CONTENT_RANGE_UNSAT = re.compile(r"bytes\s+\*/(\d+)")
+
+log = logging.getLogger(__name__)
 
 
 class CorruptArchiveError(DownloadError):
@@ -121,8 +124,13 @@ def download_file(
     dest = Path(dest)
     sha256 = normalize_sha256(sha256, checksum_key)
     if dest.is_file():
-        _verify(dest, url, sha256, checksum_key)
-        return dest
+        try:
+            _verify(dest, url, sha256, checksum_key)
+            return dest
+        except DownloadError:
+            # Complete and verified when it was downloaded: it was damaged since. _verify deleted it.
+            log.warning("the cached download %s of %s no longer matches its sha256 (damaged since it was "
+                        "downloaded); it was deleted and is downloaded again", dest, url)
     part = dest.with_name(dest.name + ".part")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)

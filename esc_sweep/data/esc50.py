@@ -27,6 +27,7 @@ from esc_sweep.data.cache import content_digests, default_cache_dir, load_wavefo
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.data.download import ensure_esc50
 from esc_sweep.errors import DataError
+from esc_sweep.paths import download_dir
 
 
 NUM_FOLDS = 5
@@ -178,6 +179,28 @@ _EXT_PREFERENCE = {".wav": 0, ".flac": 1, ".aiff": 2, ".aif": 2, ".w64": 3, ".rf
 
 def load_esc50(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet:
     root = resolve_root(dataset, progress=progress)
+    try:
+        return _load_root(root, dataset, sample_rate, progress)
+    except DataError as err:
+        copy = _downloaded_copy(root, dataset)
+        if copy is None:
+            raise
+        # A copy esc_sweep downloaded and extracted that is damaged now: the way out is a fresh download.
+        raise DataError(f"{err}; this ESC-50 copy was downloaded into {copy}: delete that folder and run "
+                        f"again to download it afresh") from None
+
+
+def _downloaded_copy(root: Path, dataset: Any) -> Optional[Path]:
+    """The extracted download folder holding ``root`` when esc_sweep downloaded it, else None."""
+    base = download_dir(_opt(dataset, "download_dir", None)).resolve()
+    try:
+        relative = Path(root).resolve().relative_to(base)
+    except ValueError:
+        return None
+    return base / relative.parts[0] if relative.parts and relative.parts[0].startswith("esc50-") else None
+
+
+def _load_root(root: Path, dataset: Any, sample_rate: int, progress: bool) -> ClipSet:
     rows = read_metadata(root)
     label = str(_opt(dataset, "label", "target"))
     if label not in ("target", "category"):

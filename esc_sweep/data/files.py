@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Sequence, Union
 
 from esc_sweep.errors import DataError
+from esc_sweep.paths import file_kind
 
 PathLike = Union[str, os.PathLike]
 FileKey = tuple[int, int]  # (st_dev, st_ino): the identity of a file, whatever path reaches it
@@ -67,21 +68,9 @@ def open_regular(path: PathLike, what: str = "audio file") -> tuple[BinaryIO, os
 def _require_regular(path: PathLike, st: os.stat_result, what: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise DataError(
-            f"{what} {os.fspath(path)} is not a regular file (it is {_kind(st.st_mode)}): "
+            f"{what} {os.fspath(path)} is not a regular file (it is {file_kind(st.st_mode)}): "
             f"replace it with a real file or remove it"
         )
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO / named pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a plain file"
 
 
 def walk_audio_files(

@@ -37,7 +37,7 @@ from esc_sweep.data.cache import content_digests, default_cache_dir, load_wavefo
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.data.files import FileKey, walk_audio_files
 from esc_sweep.errors import DataError
-from esc_sweep.paths import printable_text
+from esc_sweep.paths import printable_text, special_kind
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def resolve_root(dataset: Any) -> Path:
         raise DataError("dataset.root is not set: point it at the folder holding your class sub-folders (dataset.kind=folder)")
     path = Path(os.path.expandvars(os.path.expanduser(str(root))))
     if not path.is_dir():
-        raise DataError(f"dataset root {path} does not exist or is not a folder: fix dataset.root")
+        what = special_kind(path) or ("a file" if path.is_file() else None)
+        raise DataError(f"dataset root {path} is {what}, not a folder: fix dataset.root" if what else
+                        f"dataset root {path} does not exist: fix dataset.root")
     return path
 
 
@@ -58,7 +60,9 @@ def resolve_csv(root: Path, csv_name: str) -> Path:
         in_root = root / path
         path = in_root if in_root.is_file() or not path.is_file() else path.resolve()
     if not path.is_file():
-        raise DataError(f"dataset.csv {path} does not exist: give a path to a CSV with columns filename,label[,fold]")
+        what = special_kind(path) or ("a folder" if path.is_dir() else None)
+        problem = f"is {what}, not a CSV file" if what else "does not exist"
+        raise DataError(f"dataset.csv {path} {problem}: give a path to a CSV with columns filename,label[,fold]")
     return path
 
 

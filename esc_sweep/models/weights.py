@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from esc_sweep.data.download import download_file, file_sha256, normalize_sha256
-from esc_sweep.errors import ConfigError, DownloadError
+from esc_sweep.errors import ConfigError, DownloadError, damaged_file_reason
 from esc_sweep.models import mobilenet, panns
 from esc_sweep.paths import expand, weights_cache_dir
 
@@ -158,6 +158,9 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     except ConfigError:
         raise
     except Exception as err:  # a damaged or foreign file: name it in one line
+        if Path(path).resolve().is_relative_to(weights_cache_dir().resolve()):
+            raise ConfigError(f"model.weights: the cached download {path} is damaged ({damaged_file_reason(err)}): "
+                              f"delete it and run again to download it afresh") from None
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"model.weights={path}: not a readable checkpoint ({first[:200]})") from None
     for wrapper in ("model", "state_dict", "model_state_dict"):

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from esc_sweep.errors import TrackingError
-from esc_sweep.paths import mlruns_dir
+from esc_sweep.paths import mlruns_dir, special_kind
 from esc_sweep.stores import sqlite_problem
 
 # Tables every MLflow SQLite store has once MLflow made it.
@@ -82,6 +82,9 @@ def check_store(uri: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise TrackingError(f"cannot create the folder of MLflow store {uri} ({err.strerror or err}): {fix}") from None
+    kind = special_kind(path)
+    if kind is not None:  # never opened: a FIFO would block training before it starts
+        raise TrackingError(f"MLflow store {uri} is {kind}, not a database file: {fix}")
     if path.exists():
         try:
             with open(path, "rb") as handle:

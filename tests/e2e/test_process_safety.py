@@ -158,8 +158,6 @@ class _DiskFullAfter:
 
 @pytest.mark.parametrize("save", ["fold state", "fold result"])
 def test_a_full_disk_while_saving_removes_the_partial_file_and_names_the_folder(tmp_path, monkeypatch, save):
-    from esc_sweep.training.results import FoldResult  # noqa: F401 - the result type saved
-
     checkpoints = FoldCheckpoints(tmp_path)
     progress = checkpoints.progress(1)
     progress.save({"epoch": 1})
