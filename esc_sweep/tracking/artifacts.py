@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -77,6 +78,9 @@ def download_run_folder(run_id: str, artifact_path: str, destination: Path, trac
         ) from None
     if not client.list_artifacts(run_id, artifact_path):
         raise error(missing)
+    # MLflow draws a tqdm bar per download on stderr (three for one bundle): noise in predict's output.
+    # Read at each download, so setting it here is enough; a user who set it keeps their choice.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=artifact_path, dst_path=str(destination), tracking_uri=uri

@@ -243,6 +243,7 @@ def test_predict_by_mlflow_run_id_matches_the_bundle_folder(trained, tmp_path):
         env={"MLFLOW_TRACKING_URI": trained.tracking_uri},
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "Downloading artifacts" not in out.stderr  # MLflow's download bars stay off
     got = {Path(p["file"]).name: p for p in json.loads(out.stdout)["predictions"]}
     assert len(got) == len(files)
 
