@@ -86,7 +86,7 @@ DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, 
 
 @dataclass
 class FeaturesConfig:
-    kind: str = "mel"  # mel | mfcc | stft | fbank (Kaldi's log-mel filter bank, AST's)
+    kind: str = "mel"  # mel | mfcc | stft | fbank (Kaldi's log-mel filter bank, AST's) | efficientat (EfficientAT's own)
     sample_rate: int = 16000
     n_fft: int = 1024
     win_length: Optional[int] = None  # default: n_fft
@@ -356,7 +356,7 @@ def dataset_override_problems(args: list[str]) -> list[str]:
 _CHOICES = {
     "dataset.kind": ("esc50", "synthetic", "folder"),
     "dataset.label": ("target", "category"),
-    "features.kind": ("mel", "mfcc", "stft", "fbank"),
+    "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat"),
     "features.normalize": ("peak", "instance", "dataset", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
     "trainer.validation": ("none", "inner", "test_fold"),

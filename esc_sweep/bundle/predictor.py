@@ -219,7 +219,8 @@ def load_bundle(
     models = []
     for state in states:
         try:
-            model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]))
+            model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]),
+                                 features_cfg.kind)
         except EscSweepError as err:
             raise BundleError(f"bundle {source}: its config cannot build a model ({err})") from None
         _check_consistency(model, state, meta, source)

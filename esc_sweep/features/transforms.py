@@ -1,4 +1,4 @@
-"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames] (kind: mel|mfcc|stft|fbank).
+"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames] (kind: mel|mfcc|stft|fbank|efficientat).
 
 Small nn.Modules in the spirit of torchaudio.transforms, so they run batched on
 whatever device the waveforms live on. Normalisation is not done here: it
@@ -9,6 +9,7 @@ carries the statistics it was trained with.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 import torchaudio.compliance.kaldi
 from torch import nn
@@ -110,7 +111,67 @@ def _kaldi_milliseconds(samples: int, sample_rate: int) -> float:
     return (samples + 0.5) * 1000.0 / sample_rate
 
 
-_FEATURES = {"mel": LogMel, "mfcc": MFCC, "stft": LogSpectrogram, "fbank": KaldiFbank}
+# EfficientAT's pre-emphasis, y[n] = x[n+1] - PRE_EMPHASIS * x[n].
+PRE_EMPHASIS = 0.97
+
+
+def kaldi_mel_filters(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """Kaldi's mel triangles [n_mels, n_fft // 2 + 1], what EfficientAT takes from torchaudio's kaldi module.
+
+    Unlike HTK filters (triangles in Hz), Kaldi's are triangles on the mel axis
+    (mel = 1127 ln(1 + f / 700)), and the Nyquist bin gets no weight.
+    """
+    def mel(f: torch.Tensor) -> torch.Tensor:
+        return 1127.0 * torch.log1p(f / 700.0)
+
+    low, high = (mel(torch.tensor(float(f), dtype=torch.float64)) for f in (f_min, f_max))
+    edges = low + (high - low) * torch.arange(n_mels + 2, dtype=torch.float64) / (n_mels + 1)
+    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    bins = mel(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
+    rising, falling = (bins - left) / (centre - left), (right - bins) / (right - centre)
+    filters = torch.minimum(rising, falling).clamp_min(0.0)
+    return F.pad(filters, (0, 1)).float()  # no weight on the Nyquist bin
+
+
+class EfficientATMel(nn.Module):
+    """``features.kind=efficientat``: waveforms [B, T] at 32 kHz -> what EfficientAT's weights saw, as
+    decibels [B, 1, n_mels, frames].
+
+    EfficientAT's ``AugmentMelSTFT`` in evaluation mode (no masking, fixed band edges), written
+    from its description: pre-emphasis ``y[n] = x[n+1] - 0.97 x[n]`` (one sample shorter), a
+    centred, reflect-padded STFT with a symmetric Hann window of ``win_length`` inside ``n_fft``,
+    the power, Kaldi's mel triangles. Returned as ``10 log10(max(mel, 1e-10))`` like esc_sweep's
+    other spectrograms; ``esc_sweep.models.mobilenet.MobileNetAudio.prepare`` turns that into ``(ln(mel + 1e-5) + 4.5) / 5``.
+    A clip of T samples gives 1 + (T - 1) // hop_length frames (500 for 5 s at 32 kHz).
+    """
+
+    def __init__(self, sample_rate: int = 32000, n_fft: int = 1024, win_length: int = 800, hop_length: int = 320,
+                 n_mels: int = 128, f_min: float = 0.0, f_max: float = 15000.0):
+        super().__init__()
+        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
+        # Symmetric (periodic=False), as EfficientAT's; torchaudio's transforms use the periodic one.
+        self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
+        self.register_buffer("filters", kaldi_mel_filters(n_mels, n_fft, sample_rate, f_min, f_max),
+                             persistent=False)
+
+    @classmethod
+    def from_features(cls, cfg) -> "EfficientATMel":
+        """From ``features.*`` keys (sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max)."""
+        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length or cfg.n_fft, cfg.hop_length, cfg.n_mels,
+                   cfg.f_min, cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        x = waveforms.float()
+        x = x[..., 1:] - PRE_EMPHASIS * x[..., :-1]
+        spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
+                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        power = torch.view_as_real(spec).pow(2).sum(-1)
+        mel = self.filters @ power
+        return 10.0 * torch.log10(mel.clamp_min(1e-10)).unsqueeze(1)
+
+
+_FEATURES = {"mel": LogMel, "mfcc": MFCC, "stft": LogSpectrogram, "fbank": KaldiFbank,
+             "efficientat": EfficientATMel.from_features}
 
 
 def build_features(cfg: FeaturesConfig) -> nn.Module:
@@ -119,7 +180,10 @@ def build_features(cfg: FeaturesConfig) -> nn.Module:
 
 def feature_shape(cfg: FeaturesConfig, num_samples: int) -> tuple[int, int]:
     """(frequency bins, frames) that ``build_features(cfg)`` produces for a clip."""
-    bins = {"mel": cfg.n_mels, "mfcc": cfg.n_mfcc, "stft": cfg.n_fft // 2 + 1, "fbank": cfg.n_mels}[cfg.kind]
+    bins = {"mel": cfg.n_mels, "mfcc": cfg.n_mfcc, "stft": cfg.n_fft // 2 + 1, "fbank": cfg.n_mels,
+            "efficientat": cfg.n_mels}[cfg.kind]
+    if cfg.kind == "efficientat":  # pre-emphasis drops one sample, then centred frames
+        return bins, 1 + (num_samples - 1) // cfg.hop_length
     if cfg.kind == "fbank":  # Kaldi frames are not centred: only whole windows inside the clip
         return bins, max(0, 1 + (num_samples - (cfg.win_length or cfg.n_fft)) // cfg.hop_length)
     return bins, num_samples // cfg.hop_length + 1

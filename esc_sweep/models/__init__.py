@@ -78,10 +78,14 @@ for _arch in panns.ARCHITECTURES:
 
 
 def _efficientat(name: str):
-    def build(cfg: ModelConfig, num_classes: int, num_bins: int) -> nn.Module:
+    def build(cfg: ModelConfig, num_classes: int, num_bins: int, features_kind: str = "mel") -> nn.Module:
         from esc_sweep.models import mobilenet  # deferred: imports torchvision (~4 s): only when this family is picked
 
-        model = mobilenet.MobileNetAudio(num_classes, width_mult=mobilenet.width_of(name), dropout=cfg.dropout)
+        # features.kind=efficientat is EfficientAT's own front end, used as is; any other kind is
+        # esc_sweep's plain log-mel, which the model corrects per band for the missing pre-emphasis.
+        front_end = "efficientat" if features_kind == "efficientat" else "mel"
+        model = mobilenet.MobileNetAudio(num_classes, width_mult=mobilenet.width_of(name), dropout=cfg.dropout,
+                                         front_end=front_end)
         return _with_weights(model, cfg, mobilenet.convert_state_dict)
 
     return build
@@ -196,13 +200,38 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if type(self.backbone).__module__.startswith("timm."):
+                    _head_dropout_on(self.backbone)
         return self.backbone(self.standardize(x))
 
 
-def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64) -> nn.Module:
+def _head_dropout_on(backbone: nn.Module) -> None:
+    """timm's dropout before the classifier (``drop_rate``, i.e. ``model.dropout``) on, the rest left in eval.
+
+    As PANNs' and EfficientAT's: a linear probe's head trains with ``model.dropout`` on its input.
+    timm applies it in ``forward_head`` either functionally from the model's own flag
+    (``F.dropout(x, self.drop_rate, training=self.training)``: ResNet, EfficientNet, MobileNetV3) or
+    through a ``head_drop`` / ``head.drop`` module (ViT, ConvNeXt); setting only the root's flag leaves
+    every layer below it (batch norm, drop path) in eval mode.
+    """
+    backbone.training = True
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.Dropout) and (name == "head_drop" or name.startswith("head.")):
+            module.train()
+
+
+def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64,
+                    features_kind: str | None = None) -> nn.Module:
+    """``features_kind`` (``features.kind``): what the input is, for families whose input step depends on it
+    (EfficientAT); None reads ``model.front_end.kind``."""
     if cfg.name in _REGISTRY:
         builder = _REGISTRY[cfg.name]
-        return builder(cfg, num_classes, num_bins) if _takes_num_bins(builder) else builder(cfg, num_classes)
+        if not _takes_num_bins(builder):
+            return builder(cfg, num_classes)
+        if "features_kind" in inspect.signature(builder).parameters:
+            kind = features_kind or dict(getattr(cfg, "front_end", None) or {}).get("kind") or "mel"
+            return builder(cfg, num_classes, num_bins, features_kind=kind)
+        return builder(cfg, num_classes, num_bins)
     if getattr(cfg, "weights", None):
         raise ConfigError(f"model.weights={cfg.weights}: loads into esc_sweep's families "
                           f"({', '.join(list_models())}); for timm models use model.pretrained or model.init_from")
@@ -233,8 +262,10 @@ def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64) -> n
         raise
 
 
-def create_model(cfg: ModelConfig, num_classes: int, normalize: str, num_bins: int) -> Classifier:
-    model = Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes, num_bins))
+def create_model(cfg: ModelConfig, num_classes: int, normalize: str, num_bins: int,
+                 features_kind: str | None = None) -> Classifier:
+    """``features_kind``: ``features.kind`` of the spectrograms the model will get (see ``create_backbone``)."""
+    model = Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes, num_bins, features_kind))
     finetune = getattr(cfg, "finetune", "full")
     model.finetune = finetune
     if finetune in ("linear_probe", "freeze_then_unfreeze"):

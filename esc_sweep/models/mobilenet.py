@@ -14,15 +14,17 @@ Front end. EfficientAT's weights saw ``(ln(mel + 1e-5) + 4.5) / 5`` of a pre-emp
 (``x[n+1] - 0.97 x[n]``), symmetric-Hann, 800-sample-window STFT through Kaldi's mel triangles
 (its ``AugmentMelSTFT`` in eval mode). Two inputs reach the model:
 
-- ``EfficientATMel`` below computes exactly that from a waveform, as decibels of the mel power
-  (esc_sweep's convention for every spectrogram); the model's ``prepare`` then adds EfficientAT's
-  1e-5 and takes the natural log. Checked against the authors' code on fixed signals
-  (tests/models/test_front_end_fixtures.py): correlation 1.0000, mean difference <= 0.0003.
-- esc_sweep's ``features.kind=mel`` (what ``conf/model/efficientat_*.yaml`` selects until a
-  ``features.kind`` for ``EfficientATMel`` exists) has no pre-emphasis and HTK triangles. A mel
-  spectrogram cannot be un-pre-emphasised exactly, so ``prepare`` multiplies each band by the
-  pre-emphasis filter's mean power gain over that band: correlation 0.995-1.000 and mean
-  difference 0.0006-0.023 on the same signals (before: 0.70-0.92 and 1.1-2.3).
+- ``features.kind=efficientat`` (``esc_sweep.features.transforms.EfficientATMel``, what
+  ``conf/model/efficientat_*.yaml`` select) computes exactly that from a waveform, as decibels of
+  the mel power (esc_sweep's convention for every spectrogram); the model's ``prepare`` then adds
+  EfficientAT's 1e-5 and takes the natural log. Checked against the authors' code on fixed signals,
+  through the run path (tests/models/test_front_end_fixtures.py): correlation 1.0000, mean
+  difference <= 0.0003.
+- ``features.kind=mel`` (esc_sweep's plain log-mel, e.g. ``features.kind=mel`` on the command line)
+  has no pre-emphasis and HTK triangles. A mel spectrogram cannot be un-pre-emphasised exactly, so
+  ``prepare`` multiplies each band by the pre-emphasis filter's mean power gain over that band:
+  correlation 0.995-1.000 and mean difference 0.0006-0.023 on the same signals (before: 0.70-0.92
+  and 1.1-2.3). ``create_model`` tells the model which of the two it gets (``front_end``).
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ import torchaudio
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+# The exact front end lives with the other feature kinds (features.kind=efficientat); re-exported here.
+from esc_sweep.features.transforms import PRE_EMPHASIS, EfficientATMel, kaldi_mel_filters  # noqa: F401
+
 # What EfficientAT's weights were trained with (its AugmentMelSTFT at evaluation): 32 kHz, 25 ms
-# window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB floor. As features.*
-# keys for esc_sweep's plain mel: no pre-emphasis, HTK triangles (the model corrects per band,
-# see the module docstring); EfficientATMel is the exact one.
+# window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB floor, pre-emphasis and
+# Kaldi's triangles (features.kind=efficientat; mel_scale does not apply to it).
 FRONT_END = {
-    "kind": "mel", "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
+    "kind": "efficientat", "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
     "f_min": 0.0, "f_max": 15000.0, "top_db": None, "mel_scale": "htk", "normalize": "none",
 }
 
@@ -55,65 +59,11 @@ CHECKPOINTS = {
     "efficientat:mn10_as": _RELEASES + "mn10_as_mAP_471.pt",
 }
 
-# EfficientAT's front end: pre-emphasis coefficient, the offset inside its log, and its
+# EfficientAT's front end: the offset inside its log (its pre-emphasis coefficient, PRE_EMPHASIS, is in
+# esc_sweep.features.transforms with EfficientATMel), and its
 # "fast normalisation" (ln(mel + 1e-5) + 4.5) / 5.
-PRE_EMPHASIS = 0.97
 LOG_OFFSET = 1e-5
 NORM_SHIFT, NORM_SCALE = 4.5, 5.0
-
-
-def kaldi_mel_filters(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Kaldi's mel triangles [n_mels, n_fft // 2 + 1], what EfficientAT takes from torchaudio's kaldi module.
-
-    Unlike HTK filters (triangles in Hz), Kaldi's are triangles on the mel axis
-    (mel = 1127 ln(1 + f / 700)), and the Nyquist bin gets no weight.
-    """
-    def mel(f: torch.Tensor) -> torch.Tensor:
-        return 1127.0 * torch.log1p(f / 700.0)
-
-    low, high = (mel(torch.tensor(float(f), dtype=torch.float64)) for f in (f_min, f_max))
-    edges = low + (high - low) * torch.arange(n_mels + 2, dtype=torch.float64) / (n_mels + 1)
-    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    bins = mel(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
-    rising, falling = (bins - left) / (centre - left), (right - bins) / (right - centre)
-    filters = torch.minimum(rising, falling).clamp_min(0.0)
-    return F.pad(filters, (0, 1)).float()  # no weight on the Nyquist bin
-
-
-class EfficientATMel(nn.Module):
-    """Waveforms [B, T] at 32 kHz -> what EfficientAT's weights saw, as decibels [B, 1, n_mels, frames].
-
-    EfficientAT's ``AugmentMelSTFT`` in evaluation mode (no masking, fixed band edges), written
-    from its description: pre-emphasis ``y[n] = x[n+1] - 0.97 x[n]`` (one sample shorter), a
-    centred, reflect-padded STFT with a symmetric Hann window of ``win_length`` inside ``n_fft``,
-    the power, Kaldi's mel triangles. Returned as ``10 log10(max(mel, 1e-10))`` like esc_sweep's
-    other spectrograms; ``MobileNetAudio.prepare`` turns that into ``(ln(mel + 1e-5) + 4.5) / 5``.
-    A clip of T samples gives 1 + (T - 1) // hop_length frames (500 for 5 s at 32 kHz).
-    """
-
-    def __init__(self, sample_rate: int = 32000, n_fft: int = 1024, win_length: int = 800, hop_length: int = 320,
-                 n_mels: int = 128, f_min: float = 0.0, f_max: float = 15000.0):
-        super().__init__()
-        self.n_fft, self.win_length, self.hop_length = n_fft, win_length, hop_length
-        # Symmetric (periodic=False), as EfficientAT's; torchaudio's transforms use the periodic one.
-        self.register_buffer("window", torch.hann_window(win_length, periodic=False), persistent=False)
-        self.register_buffer("filters", kaldi_mel_filters(n_mels, n_fft, sample_rate, f_min, f_max),
-                             persistent=False)
-
-    @classmethod
-    def from_features(cls, cfg) -> "EfficientATMel":
-        """From ``features.*`` keys (sample_rate, n_fft, win_length, hop_length, n_mels, f_min, f_max)."""
-        return cls(cfg.sample_rate, cfg.n_fft, cfg.win_length or cfg.n_fft, cfg.hop_length, cfg.n_mels,
-                   cfg.f_min, cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2)
-
-    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        x = waveforms.float()
-        x = x[..., 1:] - PRE_EMPHASIS * x[..., :-1]
-        spec = torch.stft(x, self.n_fft, hop_length=self.hop_length, win_length=self.win_length,
-                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
-        power = torch.view_as_real(spec).pow(2).sum(-1)
-        mel = self.filters @ power
-        return 10.0 * torch.log10(mel.clamp_min(1e-10)).unsqueeze(1)
 
 
 def pre_emphasis_band_gain(n_mels: int = 128, n_fft: int = 1024, sample_rate: int = 32000, f_min: float = 0.0,

@@ -142,7 +142,7 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
 
     model_keys = f"model.name={cfg.model.name} (model.kwargs, features.n_mels, augmentation.crop_seconds)"
     model = _attempt("model.name/model.kwargs", f"cannot build {cfg.model.name!r}",
-                     lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2]))
+                     lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2], fc.kind))
     _check_checkpoint_front_end(cfg, model)
     model.standardize.fit(spectrogram.cpu())
     model = model.to(device)

@@ -147,7 +147,8 @@ def evaluate(
 def build_model(
     cfg: DictConfig, data: TrainingData, device: torch.device, init: InitWeights | None = None
 ) -> Classifier:
-    model = create_model(cfg.model, data.num_classes, cfg.features.normalize, data.spectrograms.num_bins)
+    model = create_model(cfg.model, data.num_classes, cfg.features.normalize, data.spectrograms.num_bins,
+                         cfg.features.kind)
     if init is not None:
         load_backbone_weights(model, init.state, source=init.source, source_model=init.model_name,
                               source_width=init.width)

@@ -17,8 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from esc_sweep.features.transforms import build_features
+from esc_sweep.data import ClipSet
+from esc_sweep.features import transforms
+from esc_sweep.features.store import Spectrograms
+from esc_sweep.features.transforms import build_features, feature_shape
 from esc_sweep.models import create_model, mobilenet
+from tests.conftest import compose_config
 from tests.models.front_end_signals import FIXTURES, SIGNALS, make_signals
 
 MIN_CORRELATION, MAX_MEAN_DIFFERENCE = 0.999, 0.01
@@ -58,30 +62,83 @@ def test_panns_front_end_is_torchlibrosas(signal, reference, compose_cfg):
     assert_exact(f"panns/{signal}", ours, reference[f"panns/{signal}"])
 
 
-@pytest.mark.parametrize("signal", SIGNALS)
-def test_efficientat_front_end_is_augment_mel_stft(signal, reference):
-    """EfficientATMel, then the model's input step, gives AugmentMelSTFT's output (eval mode)."""
-    wave = make_signals(32000, reference["clip_16k"])[signal]
-    model = mobilenet.MobileNetAudio(5, width_mult=0.1, front_end="efficientat")
+def run_path_inputs(cfg, waves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the first convolution of an EfficientAT model gets in a run, for each signal.
+
+    Built the way a run builds it: the spectrograms precomputed by ``Spectrograms`` from the
+    config's ``features.*`` (as ``cv.prepare`` does), the model from ``create_model`` with the
+    run's ``features.kind`` (as ``loop.build_model`` does), its input scaling fitted on them,
+    then the model called on a batch; a hook reads the input of the backbone's first layer.
+    """
+    names = list(waves)
+    clips = ClipSet(waveforms=torch.cat([waves[n] for n in names]), targets=torch.arange(len(names)) % 2,
+                    folds=torch.ones(len(names), dtype=torch.long), class_names=["a", "b"], clip_ids=names,
+                    groups=names, sample_rate=cfg.features.sample_rate, num_folds=1, fingerprint="fixtures")
+    spectrograms = Spectrograms(cfg, clips, torch.device("cpu"))
+    model = create_model(cfg.model, 5, cfg.features.normalize, spectrograms.num_bins, cfg.features.kind).eval()
+    model.standardize.fit(spectrograms.data)
+    seen = []
+    model.backbone.features.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     with torch.no_grad():
-        ours = model.prepare(mobilenet.EfficientATMel()(wave))[0, 0]
-    assert ours.shape == (128, 100)  # one sample fewer after pre-emphasis: 1 + 31999 // 320 frames
+        model(spectrograms[torch.arange(len(names))])
+    return {name: seen[0][i, 0] for i, name in enumerate(names)}
+
+
+@pytest.fixture(scope="module")
+def efficientat_run_inputs(reference):
+    cfg = compose_config(["model=efficientat_mn01", "features.cache=false", "trainer.progress=false"])
+    return cfg, run_path_inputs(cfg, make_signals(32000, reference["clip_16k"]))
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_efficientat_run_path_is_augment_mel_stft(signal, reference, efficientat_run_inputs):
+    """model=efficientat_* as a run computes it (features.kind=efficientat) is AugmentMelSTFT's output (eval mode)."""
+    cfg, inputs = efficientat_run_inputs
+    assert cfg.features.kind == "efficientat"
+    ours = inputs[signal]
+    # One sample fewer after pre-emphasis: 1 + 31999 // 320 = 100 frames, as feature_shape counts them.
+    assert ours.shape == (128, 100) == feature_shape(cfg.features, 32000)
     assert_exact(f"efficientat/{signal}", ours, reference[f"efficientat/{signal}"])
 
 
-def test_efficientat_fixture_catches_a_missing_pre_emphasis(reference, monkeypatch):
-    """The comparison is sharp enough to fail: the same front end without pre-emphasis does."""
-    wave = make_signals(32000, reference["clip_16k"])["clip"]
-    monkeypatch.setattr(mobilenet, "PRE_EMPHASIS", 0.0)
+def test_efficientat_frame_count_for_a_whole_clip(compose_cfg):
+    cfg = compose_cfg(["model=efficientat_mn05"])
+    assert feature_shape(cfg.features, 5 * 32000) == (128, 500)
+    assert build_features(cfg.features)(torch.zeros(1, 5 * 32000)).shape == (1, 1, 128, 500)
+
+
+@pytest.mark.parametrize("signal", SIGNALS)
+def test_efficientat_front_end_class_is_augment_mel_stft(signal, reference):
+    """The front end on its own, with the model's input step: the same numbers."""
+    wave = make_signals(32000, reference["clip_16k"])[signal]
     model = mobilenet.MobileNetAudio(5, width_mult=0.1, front_end="efficientat")
     with torch.no_grad():
-        ours = model.prepare(mobilenet.EfficientATMel()(wave))[0, 0]
+        ours = model.prepare(transforms.EfficientATMel()(wave))[0, 0]
+    assert_exact(f"efficientat/{signal}", ours, reference[f"efficientat/{signal}"])
+
+
+def test_efficientat_fixture_catches_a_missing_pre_emphasis(reference, compose_cfg, monkeypatch):
+    """The comparison is sharp enough to fail: the run path without pre-emphasis does."""
+    monkeypatch.setattr(transforms, "PRE_EMPHASIS", 0.0)
+    cfg = compose_cfg(["model=efficientat_mn01", "features.cache=false", "trainer.progress=false"])
+    clip = make_signals(32000, reference["clip_16k"])["clip"]
+    ours = run_path_inputs(cfg, {"clip": clip, "other": clip.flip(-1)})["clip"]
     correlation, difference = agreement(ours, reference["efficientat/clip"])
     assert correlation < MIN_CORRELATION and difference > MAX_MEAN_DIFFERENCE
 
 
-# What features.kind=mel (the efficientat_* configs' front end until a features.kind computes
-# EfficientATMel) gives after the model's per-band pre-emphasis correction: close, not exact.
+def test_efficientat_model_is_told_its_front_end(compose_cfg):
+    """A model built for features.kind=mel corrects each band; for efficientat it must not (it would be off)."""
+    exact = compose_cfg(["model=efficientat_mn01"])
+    plain = compose_cfg(["model=efficientat_mn01", "features.kind=mel"])
+    for cfg, front_end in ((exact, "efficientat"), (plain, "mel")):
+        model = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels, cfg.features.kind)
+        assert model.backbone.front_end == front_end
+    assert create_model(exact.model, 5, "none", 128).backbone.front_end == "efficientat"  # model.front_end.kind
+
+
+# What features.kind=mel (the efficientat_* configs' front end until features.kind=efficientat existed;
+# still allowed) gives after the model's per-band pre-emphasis correction: close, not exact.
 # Measured: chirp 0.9949 / 0.023, noise+silence 0.9997 / 0.0066, clip 0.99998 / 0.0016,
 # quiet 0.99997 / 0.0006, silence - / 0.0002. Before this correction and the 1e-5 offset:
 # 0.79 / 1.33, 0.92 / 1.14, 0.90 / 1.68, 0.70 / 1.75, - / 2.30.
@@ -92,8 +149,8 @@ PLAIN_MEL_BOUNDS = {"chirp": (0.994, 0.03), "noise_silence": (0.999, 0.01), "cli
 @pytest.mark.parametrize("signal", SIGNALS)
 def test_efficientat_on_the_plain_mel_front_end_is_close(signal, reference, compose_cfg):
     wave = make_signals(32000, reference["clip_16k"])[signal]
-    cfg = compose_cfg(["model=efficientat_mn01"])
-    model = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels).eval()
+    cfg = compose_cfg(["model=efficientat_mn01", "features.kind=mel"])
+    model = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels, cfg.features.kind).eval()
     with torch.no_grad():
         features = build_features(cfg.features)(wave)
         ours = model.backbone.prepare(model.standardize(features))[0, 0, :, :100]  # 101 frames: one more

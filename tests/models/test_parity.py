@@ -164,7 +164,8 @@ def test_efficientat_state_dict_round_trip(compose_cfg, tmp_path):
     checkpoint = tmp_path / "mn01_random.pt"
     torch.save(state, checkpoint)
     cfg = compose_cfg(["model=efficientat_mn01", f"model.weights={checkpoint}"])
-    ours = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels).eval()
+    # Built for esc_sweep's plain mel (features.kind=mel); the configs' default, efficientat, is checked below.
+    ours = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels, "mel").eval()
     loaded = ours.backbone.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items() if not k.startswith("classifier.5."))
     assert loaded["classifier.5.weight"].shape == (5, 128)
@@ -177,7 +178,9 @@ def test_efficientat_state_dict_round_trip(compose_cfg, tmp_path):
         reference = original.classifier[:4](original.features((torch.log(power + 1e-5) + 4.5) / 5))
         assert torch.allclose(ours.backbone.embed(x), reference, atol=1e-6)
         # From EfficientATMel's output the band gain is already in the spectrogram: none is applied.
-        exact = mobilenet.MobileNetAudio(5, width_mult=0.1, front_end="efficientat").eval()
+        exact = create_model(cfg.model, 5, cfg.features.normalize, cfg.features.n_mels,
+                             cfg.features.kind).backbone.eval()
+        assert cfg.features.kind == "efficientat" and exact.front_end == "efficientat"
         assert torch.allclose(exact.prepare(x), (torch.log(10 ** (x / 10) + 1e-5) + 4.5) / 5, atol=1e-6)
         assert not torch.allclose(exact.prepare(x), ours.backbone.prepare(x), atol=1e-2)
 

@@ -66,6 +66,31 @@ def test_linear_probe_keeps_the_dropout_before_the_head(overrides, frames, compo
         assert torch.equal(model(x), model(x))  # and off for evaluation
 
 
+@pytest.mark.parametrize("name", ["resnet10t", "convnext_atto"])
+def test_linear_probe_keeps_timms_dropout_before_the_head(name, compose_cfg):
+    """timm models too: model.dropout (timm's drop_rate) is on before the head while a linear probe trains,
+    every other layer stays in eval mode (batch-norm statistics untouched), and it is off for evaluation."""
+    cfg = compose_cfg([f"model.name={name}", "model.dropout=0.5", "model.finetune=linear_probe"])
+    model = create_model(cfg.model, 3, cfg.features.normalize, cfg.features.n_mels)
+    x = torch.randn(2, 1, cfg.features.n_mels, 40, generator=torch.Generator().manual_seed(0)) * 10 - 40
+    model.train()
+    layers = [m for n, m in model.backbone.named_modules() if n and not isinstance(m, torch.nn.Dropout)]
+    assert not any(m.training for m in layers if m is not model.backbone.get_classifier())
+    before = _snapshot(model)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        first = model(x)
+        second = model(x)
+        assert not torch.allclose(first, second)  # dropout draws differ: it is on
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # no statistics moved
+        model.eval()
+        assert torch.equal(model(x), model(x))  # and off for evaluation
+    cfg = compose_cfg([f"model.name={name}", "model.dropout=0", "model.finetune=linear_probe"])
+    model = create_model(cfg.model, 3, cfg.features.normalize, cfg.features.n_mels).train()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))  # model.dropout=0 turns it off
+
+
 def test_freeze_then_unfreeze_opens_the_backbone_after_the_epoch(compose_cfg):
     model, trainee = _model_and_trainee(compose_cfg, ["model.finetune=freeze_then_unfreeze",
                                                       "model.unfreeze_epoch=1"], steps_per_epoch=2)
