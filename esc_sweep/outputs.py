@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from esc_sweep.errors import EscSweepError
 from esc_sweep.paths import file_kind
@@ -81,10 +81,12 @@ def is_predict_output(path: Path) -> bool:
     return stripped.startswith(TABLE_TITLE)
 
 
-def check_output_file(output: str, inputs: Iterable[Path] = (), option: str = "--output") -> Path:
+def check_output_file(output: str, inputs: Iterable[Path] = (), option: str = "--output",
+                      is_audio: Optional[Callable[[Path], bool]] = None) -> Path:
     """The path to write ``output`` to, or EscSweepError (one line) when writing there could destroy something.
 
-    ``inputs``: the files the command reads, never to be written over.
+    ``inputs``: the files the command reads, never to be written over; ``is_audio`` tells an
+    audio file (refused with its own message; any existing file not ours is refused anyway).
     """
     target = Path(output).expanduser()
     resolved = target.resolve()
@@ -105,9 +107,7 @@ def check_output_file(output: str, inputs: Iterable[Path] = (), option: str = "-
     if not stat.S_ISREG(st.st_mode):
         what = file_kind(st.st_mode)
         raise EscSweepError(f"{option} {output} is {what}: name a new file to write to")
-    from esc_sweep.data.audio import is_audio_file  # deferred: soundfile, only when the file exists
-
-    if is_audio_file(resolved):
+    if is_audio is not None and is_audio(resolved):
         raise EscSweepError(f"{option} {output} is an audio file: refusing to write predictions over it; "
                             f"name a .csv, .json or .txt file")
     if not is_predict_output(resolved):

@@ -33,12 +33,17 @@ def sqlite_problem(path: Path, tables: Iterable[str] = ()) -> Optional[str]:
     if header and header != SQLITE_HEADER:
         return "is not a SQLite database (damaged, or another kind of file)"
     try:
-        connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        # Only reads: the file exists (checked above), so connecting creates nothing.
+        connection = sqlite3.connect(str(path), timeout=30)
         try:
             verdict = connection.execute("PRAGMA quick_check(1)").fetchone()
             present = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             connection.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            return None  # in use by another process, not damaged: whoever writes next reports the lock
+        return f"is damaged ({err})"
     except sqlite3.Error as err:
         return f"is damaged ({err})"
     if not verdict or verdict[0] != "ok":

@@ -209,7 +209,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def check_output(output: Optional[str], files: list[Path]) -> None:
     """Refuse an --output over anything but an earlier predict output, or inside esc_sweep's folders."""
     if output is not None:
-        check_output_file(output, files)
+        check_output_file(output, files, is_audio=is_audio_file)
 
 
 def write_output(bundle: Any, records: list[dict[str, Any]], fmt: str, output: Optional[str]) -> None:

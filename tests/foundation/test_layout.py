@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "esc_sweep"
 
 # Lower rank = closer to the foundation. A module may import its own rank or lower.
 RANKS = {
-    "errors": 0, "paths": 0, "console": 0, "runtime": 0, "config": 0, "safety": 0, "stats": 0, "outputs": 0, "__init__": 0,
+    "errors": 0, "paths": 0, "console": 0, "runtime": 0, "config": 0, "safety": 0, "stats": 0, "outputs": 0, "stores": 0, "__init__": 0,
     "data": 1,
     "features": 2,
     "models": 3,
