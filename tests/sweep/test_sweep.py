@@ -277,7 +277,10 @@ def test_reporter_reports_running_mean_per_fold_and_raises_when_pruned(tmp_path)
     assert trial.intermediate_values == pytest.approx({1: 0.95, 2: 0.9, 3: (0.95 + 0.85 + 0.1) / 3})
     # Beside the objective, the test folds' mean (the honest estimate when trainer.validation=inner).
     # And the fold count and spread the sweeper's "trial N COMPLETE: ... ± std over 3 folds" line shows.
-    assert trial.user_attrs == pytest.approx({"num_parameters": 1234, "epochs_trained": 3,
+    attrs = dict(trial.user_attrs)
+    # The per-fold values the study report pairs trials by.
+    assert attrs.pop("fold_values") == pytest.approx({"r0f1": 0.95, "r0f2": 0.85, "r0f3": 0.1})
+    assert attrs == pytest.approx({"num_parameters": 1234, "epochs_trained": 3,
                                               "test_fold_acc_mean": (0.95 + 0.85 + 0.1) / 3, "folds_done": 3,
                                               "objective_std": statistics.stdev([0.95, 0.85, 0.1])})
     study.tell(trial.number, trial.intermediate_values[3])
