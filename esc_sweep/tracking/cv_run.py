@@ -18,7 +18,8 @@ the learning curves of all folds. A fold run holds per-epoch curves (``step``
 Both carry the labels of ``esc_sweep.tracking.labels`` (the real model name,
 the dataset and its fingerprint, classes, folds, selection protocol, recipe
 and the comparability key ``esc_sweep.compare_key``); the CV run is named from
-them (``resnet18 · mel · esc50 · 5 folds``). Metric values are logged rounded
+them (``resnet18 · esc50[5 classes] · 5 folds · 30 ep``), and at its end by its
+accuracy first (``76.8 % ±4.6 · resnet18 · ...``). Metric values are logged rounded
 to 7 significant digits (``client.display_value``).
 
 The default store is a SQLite database in ``<cwd>/mlruns/mlflow.db`` with
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 import tempfile
 from importlib import metadata
@@ -503,7 +505,8 @@ class MlflowTracker(Callback):
 
     def on_cv_end(self, result: CVResult) -> None:
         run_id = self.parent_run_id
-        summary = {k: v for k, v in result.summary().items() if v is not None}
+        # A one-fold run has no interval (NaN): left out rather than logged as NaN.
+        summary = {k: v for k, v in result.summary().items() if v is not None and math.isfinite(v)}
         # One value per fold (its mean over the repeats, with trainer.repeats).
         per_fold = {f"fold_{fold}_val_acc": acc
                     for fold, acc in zip(sorted({f.fold for f in result.folds}), result.fold_means("val_acc"))}
