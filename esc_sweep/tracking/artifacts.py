@@ -38,7 +38,10 @@ def log_files(paths: Sequence[Path], artifact_path: str, run_id: Optional[str] =
         from mlflow.tracking import MlflowClient  # deferred: mlflow, as above
 
         uri = tracking_uri or resolve_tracking_uri()
-        check_store_readable(uri)  # never an empty store made by asking, nor a traceback for a damaged one
+        try:
+            check_store_readable(uri)  # never an empty store made by asking, nor a traceback for a damaged one
+        except EscSweepError as err:
+            raise EscSweepError(f"--run-id {run_id}: {err}") from None
         client = MlflowClient(uri)
         try:
             client.get_run(run_id)

@@ -92,5 +92,6 @@ def test_plots_of_something_else_is_a_clear_error(tmp_path):
     (tmp_path / "random").mkdir()
     with pytest.raises(EscSweepError, match="neither a run output folder"):
         plots.main([str(tmp_path / "random"), "--out", str(tmp_path / "pics")])
-    with pytest.raises(EscSweepError, match="--run-id nope: no such MLflow run"):
+    with pytest.raises(EscSweepError, match="--run-id nope: no MLflow records at"):
         plots.log_plots([], "nope", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists(), "asking for a run created an empty store"
