@@ -80,9 +80,10 @@ def test_kill_during_the_final_fit_keeps_the_cross_validation(tmp_path):
 
 
 def test_two_runs_started_together_get_their_own_output_folders(tmp_path):
-    args = QUICK + ["trainer.folds=[1]", "trainer.epochs=1", f"trainer.checkpoint_dir={tmp_path / 'ck'}"]
-    procs = [subprocess.Popen([sys.executable, "-m", "esc_sweep", *args], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    # Each its own checkpoint folder: one folder takes one run at a time (tests/e2e/test_process_safety.py).
+    args = QUICK + ["trainer.folds=[1]", "trainer.epochs=1"]
+    procs = [subprocess.Popen([sys.executable, "-m", "esc_sweep", *args, f"trainer.checkpoint_dir={tmp_path / f'ck{i}'}"],
+                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
     for proc in procs:
         assert proc.wait(600) == 0, proc.stderr.read()[-2000:]
     results = sorted(tmp_path.glob("outputs/runs/*/*/results.json"))
