@@ -67,6 +67,8 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def _request_parent_death_signal() -> None:
+    # The kernel sends it when the *thread* that started this process ends: that is the thread
+    # iterating run_folds_in_parallel, which waits for the workers, so it ends no earlier than they.
     if not sys.platform.startswith("linux"):
         return
     try:
