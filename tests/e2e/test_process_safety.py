@@ -53,10 +53,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:] if log.is_file() else ""
+
+
 def _wait_for(condition, timeout: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s:\n{_tail(log)}"
         time.sleep(0.1)
 
 
@@ -182,3 +186,28 @@ def test_a_checkpoint_folder_that_cannot_be_made_is_one_line_naming_the_key(tmp_
         FoldCheckpoints(blocker / "ck")
     assert str(refused.value).startswith(f"cannot create the checkpoint folder {blocker / 'ck'}")
     assert "trainer.checkpoint_dir" in str(refused.value)
+
+
+@pytest.mark.parametrize("guard", ["parent-death signal", "watchdog alone"])
+def test_a_worker_exits_when_its_parent_is_killed(tmp_path, guard):
+    """Each guard of ``die_with_parent`` on its own ends the child within seconds of a ``kill -9``."""
+    ready = tmp_path / "ready"
+    child = (f"import os, sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+             "from esc_sweep.training import parallel\n"
+             + ("parallel._request_parent_death_signal = lambda: None\n" if guard == "watchdog alone" else "")
+             + f"parallel.die_with_parent(os.getppid()); open({str(ready)!r}, 'w').close(); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               f"child = subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+                               "print(child.pid, flush=True); time.sleep(600)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        child_pid = int(parent.stdout.readline())
+        _wait_for(ready.exists, 120, "the child setting up its guard", tmp_path / "ready")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child_pid):
+            assert time.monotonic() < deadline, f"the child outlived its parent by 5 s ({guard})"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
