@@ -185,6 +185,17 @@ class SchedulerConfig:
 
 
 @dataclass
+class DistillConfig:
+    """trainer.distill: knowledge distillation from a trained teacher (esc_sweep/training/distill.py)."""
+
+    # A bundle folder or a fold ensemble (<run>/bundle_ensemble, trainer.keep_fold_models=true); null: off.
+    teacher: Optional[str] = None
+    # loss = alpha * KL(teacher_T || student_T) * T^2 + (1 - alpha) * CE(labels)
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 30
     batch_size: int = 64
@@ -243,6 +254,7 @@ class TrainerConfig:
     progress: bool = True
     # Stop after the dry run (features, model, optimizer and one step on dummy data; no data is read).
     dry_run: bool = False
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 @dataclass
@@ -508,9 +520,26 @@ def validate(cfg: Any) -> None:
     check(sha is None or bool(re.fullmatch(r"(sha256:)?[0-9a-fA-F]{64}", str(sha).strip())), "model.weights_sha256",
           "must be a sha256 hex digest (64 hex digits)")
     problems += _front_end_problems(cfg)
+    problems += _distill_problems(cfg)
 
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _distill_problems(cfg: Any) -> list[str]:
+    """trainer.distill's values; the teacher itself (a bundle, its folds and classes) is checked by
+    esc_sweep.training.distill before any data is read."""
+    if _get(cfg, "trainer.distill") is None or _get(cfg, "trainer.distill.teacher") is None:
+        return []
+    problems = []
+    alpha, temperature = _get(cfg, "trainer.distill.alpha"), _get(cfg, "trainer.distill.temperature")
+    if not (_finite(alpha) and 0 <= alpha <= 1):
+        problems.append(f"trainer.distill.alpha={alpha!r}: must be between 0 and 1")
+    if not (_finite(temperature) and temperature > 0):
+        problems.append(f"trainer.distill.temperature={temperature!r}: must be > 0")
+    if not str(_get(cfg, "trainer.distill.teacher")).strip():
+        problems.append("trainer.distill.teacher='': give a bundle folder or a fold ensemble folder, or null")
+    return problems
 
 
 def front_end_mismatches(cfg: Any) -> dict[str, tuple[Any, Any]]:

@@ -106,9 +106,11 @@ def run(cfg: DictConfig, kept=None) -> float:
     from esc_sweep.app.report import print_results, write_results
     from esc_sweep.training.cv import cross_validate, mark_cv_complete  # deferred: as above
     from esc_sweep.training.dry_run import dry_run  # deferred: as above
+    from esc_sweep.training.distill import read_teacher  # deferred: as above
 
     validate(cfg)
     check_targets(cfg)
+    read_teacher(cfg)  # trainer.distill: a leaking or mismatched teacher is refused before any work
     proof = dry_run(cfg)  # before any data is read: a bad combination of values fails here, in a second
     if cfg.trainer.dry_run:
         console.print(f"[bold green]dry run passed[/]: {cfg.model.name} ({proof.num_parameters:,} parameters) on "

@@ -26,6 +26,7 @@ from esc_sweep.paths import checkpoint_dir
 from esc_sweep.runtime import pick_device, seed_everything
 from esc_sweep.training.callbacks import Callback, CallbackList
 from esc_sweep.training.checkpoint import FoldCheckpoints, config_key
+from esc_sweep.training.distill import describe, fold_targets, read_teacher
 from esc_sweep.training.loop import InitWeights, TrainingData, fit
 from esc_sweep.training.parallel import run_folds_in_parallel
 from esc_sweep.training.results import CVResult, FoldResult
@@ -64,6 +65,8 @@ def run_fold(
     (``FoldCheckpoints.save`` of the result deletes it).
     """
     started = time.perf_counter()
+    # trainer.distill: the teacher's probabilities for this fold, from a model that never saw it (computed once)
+    teacher = fold_targets(read_teacher(cfg), cfg, clips, fold, device)
     seed_everything(cfg.trainer.seed * 1000 + fold, cfg.trainer.deterministic, cfg.trainer.compile)
     folds = clips.folds.to(device)
     train_index, select_index = torch.nonzero(folds != fold).squeeze(1), None
@@ -77,6 +80,7 @@ def run_fold(
         train_index=train_index,
         val_index=torch.nonzero(folds == fold).squeeze(1),
         select_index=select_index,
+        teacher=teacher,
     )
     try:
         progress = checkpoints.progress(fold, cfg.trainer.checkpoint_every) if checkpoints is not None else None
@@ -141,6 +145,7 @@ def cross_validate(
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     device = pick_device(cfg.trainer.device)
+    teacher = read_teacher(cfg)  # a leaking or mismatched teacher is refused before any data is read
     seed_everything(cfg.trainer.seed, cfg.trainer.deterministic, cfg.trainer.compile)
     clips, spectrograms, targets = prepare(cfg, device)
     check_folds(clips, cfg.trainer.folds)
@@ -165,7 +170,8 @@ def cross_validate(
                       validation=cfg.trainer.validation, checkpoint_dir=checkpoints[0].directory,
                       checkpoint_dirs=[c.directory for c in checkpoints],
                       dataset=str(cfg.dataset.name), fingerprint=str(clips.fingerprint),
-                      dataset_folds=int(torch.unique(clips.folds).numel()))
+                      dataset_folds=int(torch.unique(clips.folds).numel()),
+                      distill=_distill_record(teacher, cfg, clips, device))
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)
@@ -173,6 +179,16 @@ def cross_validate(
     if mark_complete:
         mark_cv_complete(cv, cfg)
     return cv
+
+
+def _distill_record(teacher, cfg: DictConfig, clips: ClipSet, device: torch.device) -> dict[str, Any] | None:
+    """What results.json says of the teacher: which one, which member per fold, its accuracy on that fold."""
+    record = describe(teacher, cfg)
+    if record is not None:
+        record["teacher_val_acc_by_fold"] = {  # cached logits: no teacher runs again
+            int(f): fold_targets(teacher, cfg, clips, int(f), device).description["teacher_val_acc"]
+            for f in cfg.trainer.folds}
+    return record
 
 
 def run_folds(

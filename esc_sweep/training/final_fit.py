@@ -19,6 +19,7 @@ from esc_sweep.data import ClipSet
 from esc_sweep.runtime import pick_device, seed_everything
 from esc_sweep.training.callbacks import Callback, CallbackList
 from esc_sweep.training.cv import prepare
+from esc_sweep.training.distill import fold_targets, read_teacher
 from esc_sweep.training.loop import InitWeights, TrainingData, fit
 
 
@@ -66,6 +67,8 @@ def final_fit(cfg: DictConfig, cv: Any, callbacks: list[Callback] | None = None,
         num_classes=clips.num_classes,
         train_index=torch.arange(len(clips), device=device),
         val_index=None,
+        # trainer.distill: no clip is held out, so every model of the teacher teaches (probabilities averaged)
+        teacher=fold_targets(read_teacher(cfg), cfg, clips, 0, device),
     )
     model, history, _ = fit(cfg, data, device, fold=0, callbacks=CallbackList(callbacks or []), init=init)
     last = history[-1]

@@ -47,6 +47,7 @@ class TrainingData:
     train_index: torch.Tensor
     val_index: torch.Tensor | None  # the held-out (test) fold; None when training on everything (final fit)
     select_index: torch.Tensor | None = None  # the inner validation split (trainer.validation=inner)
+    teacher: Any = None  # distill.TeacherTargets: the teacher's probabilities and the loss (trainer.distill)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Trainee:
     ema: torch.optim.swa_utils.AveragedModel | None
     cfg: DictConfig
     device: torch.device
+    distill: Any = None  # distill.TeacherTargets: its loss replaces the cross-entropy
 
 
 def make_trainee(
@@ -107,7 +109,10 @@ def train_step(trainee: Trainee, x: torch.Tensor, soft_targets: torch.Tensor) ->
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(trainee.cfg, trainee.device):
         logits = trainee.forward(x)
-    loss = soft_cross_entropy(logits, soft_targets, tc.label_smoothing)
+    if trainee.distill is not None:
+        loss = trainee.distill.loss(logits, soft_targets, tc.label_smoothing)
+    else:
+        loss = soft_cross_entropy(logits, soft_targets, tc.label_smoothing)
     trainee.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_clip > 0:
@@ -270,6 +275,7 @@ def fit(
     batch_size = min(tc.batch_size, len(data.train_index))
     steps_per_epoch = max(1, len(data.train_index) // batch_size)
     trainee = make_trainee(cfg, model, device, steps_per_epoch)
+    trainee.distill = data.teacher
     callbacks.on_fold_start(fold, {"model": model, "num_parameters": count_parameters(model),
                                    "epochs": tc.epochs, "steps_per_epoch": steps_per_epoch})
     augment = Augment(cfg.augmentation, cfg.features.sample_rate / cfg.features.hop_length)
@@ -300,7 +306,10 @@ def fit(
         loss_sum = torch.zeros((), device=device)
         for step in range(steps_per_epoch):
             batch_index = order[step * batch_size : (step + 1) * batch_size]
-            x, soft_targets = augment(data.spectrograms[batch_index], eye[data.targets[batch_index]])
+            targets = eye[data.targets[batch_index]]
+            if data.teacher is not None:  # distillation: the teacher's probabilities ride along (mixup mixes both)
+                targets = data.teacher.extend(targets, batch_index)
+            x, soft_targets = augment(data.spectrograms[batch_index], targets)
             loss_sum += train_step(trainee, x, soft_targets)
             callbacks.on_step_end(fold, step + 1)
 

@@ -73,6 +73,7 @@ class CVResult:
     dataset: str = ""
     fingerprint: str = ""
     dataset_folds: int = 0  # folds the data set is split into (5 for ESC-50), whatever trainer.folds runs
+    distill: dict[str, Any] | None = None  # trainer.distill: which teacher taught which fold (distill.describe)
     # Where the finished folds are kept; the caller marks the run complete there once its
     # results are safely written (not part of to_dict: a location, not a result).
     checkpoint_dir: Any = field(default=None, compare=False, repr=False)
@@ -144,4 +145,5 @@ class CVResult:
             "selection": SELECTION_NOTES.get(self.validation, self.validation),
             "data": {"dataset": self.dataset, "fingerprint": self.fingerprint, "dataset_folds": self.dataset_folds,
                      "folds": sorted({f.fold for f in self.folds}), "repeats": self.repeats},
+            **({"distill": self.distill} if self.distill is not None else {}),
         }

@@ -27,7 +27,7 @@ SKIP = {"dataset.root", "dataset.download", "dataset.url", "dataset.archive_sha2
         "dataset.cache_dir", "dataset.csv", "dataset.synthetic_seed", "trainer.checkpoint_dir", "trainer.resume",
         "trainer.progress", "trainer.dry_run", "trainer.final_fit", "trainer.num_threads", "model.init_from",
         "model.pretrained", "model.kwargs", "features.cache", "dataset.kind", "dataset.name", "augmentation.name",
-        "trainer.compile", "trainer.folds", "dataset.classes"}
+        "trainer.compile", "trainer.folds", "dataset.classes", "trainer.distill"}  # distill: a teacher folder
 BASE = ["dataset=synthetic", "dataset.clips_per_class=10", "dataset.clip_seconds=0.5", "features.n_mels=32",
         "features.n_fft=256", "model.width=8", "tracking.enabled=false", "trainer.device=cpu"]
 
