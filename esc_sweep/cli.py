@@ -19,6 +19,7 @@ from pathlib import Path
 
 from esc_sweep import __version__
 from esc_sweep.errors import ConfigError, EscSweepError
+from esc_sweep.paths import printable_text
 from esc_sweep.runtime import configure
 
 SUBCOMMANDS = {
@@ -100,6 +101,15 @@ def check_overrides(args: list[str]) -> None:
     problems = dataset_override_problems(args)
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "invalid config:\n  " + "\n  ".join(problems))
+
+
+def check_override_encoding(args: list[str]) -> None:
+    """A path that is not valid UTF-8 cannot pass Hydra's override grammar: say so in one line, naming it."""
+    for arg in args:
+        if printable_text(arg) != arg:
+            raise ConfigError(f"{printable_text(arg)}: Hydra cannot read a value that is not valid UTF-8 (the "
+                              f"\\xNN bytes); rename that folder or file, or link to it from a UTF-8 name "
+                              f"(ln -s) and give the link")
 
 
 def _option_value(args: list[str], option: str) -> str | None:
@@ -192,6 +202,7 @@ def main() -> None:
             importlib.import_module(SUBCOMMANDS[sys.argv[1]]).main(sys.argv[2:])
             return
         check_overrides(sys.argv[1:])
+        check_override_encoding(sys.argv[1:])
         check_working_folder(sys.argv[1:])
     except EscSweepError as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")

@@ -159,3 +159,14 @@ def test_a_class_with_fewer_clips_than_folds_is_refused_naming_it(tmp_path_facto
         return
     assert not short, f"loaded although {short} have fewer clips than {num_folds} folds"
     assert clips.num_folds == num_folds
+
+
+def test_a_dataset_root_that_is_not_utf8_on_the_command_line_is_one_line_naming_it():
+    from esc_sweep.cli import check_override_encoding
+    from esc_sweep.errors import ConfigError
+
+    check_override_encoding(["dataset=folder", "dataset.root=/data/café"])  # valid UTF-8 passes
+    with pytest.raises(ConfigError) as refused:
+        check_override_encoding(["dataset=folder", "dataset.root=" + os.fsdecode(b"/data/caf\xe9")])
+    assert str(refused.value).startswith("dataset.root=/data/caf\\xe9: Hydra cannot read")
+    assert "ln -s" in str(refused.value)
