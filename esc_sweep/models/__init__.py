@@ -197,11 +197,11 @@ class Classifier(nn.Module):
             head = self.backbone.get_classifier() if hasattr(self.backbone, "get_classifier") else None
             if isinstance(head, nn.Module):
                 head.train()
+                if type(self.backbone).__module__.startswith("timm."):
+                    _head_dropout_on(self.backbone)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-                if type(self.backbone).__module__.startswith("timm."):
-                    _head_dropout_on(self.backbone)
         return self.backbone(self.standardize(x))
 
 
