@@ -104,7 +104,8 @@ def runs_view_state() -> str:
     return json.dumps({
         "orderByKey": "metrics.`cv_val_acc_mean`",
         "orderByAsc": False,
-        "searchFilter": "",
+        # CV runs only: their fold runs (no mean accuracy) would otherwise be listed below them, one row each.
+        "searchFilter": f"tags.`{ROLE_TAG}` = 'cv'",
         "lifecycleFilter": "Active",
         "selectedColumns": list(RUNS_VIEW_COLUMNS),
         "columnWidths": {},

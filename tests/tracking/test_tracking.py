@@ -268,6 +268,8 @@ def test_cv_run_has_parent_with_three_fold_children_curves_and_figures(store, re
     # The landing view saved on the experiment: sorted by mean accuracy, with the interval's columns.
     view = json.loads(client.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.esc_sweep"])
     assert view["orderByKey"] == "metrics.`cv_val_acc_mean`" and view["orderByAsc"] is False
+    assert [r.info.run_id for r in client.search_runs([parent.info.experiment_id], view["searchFilter"])] == [
+        parent.info.run_id]  # the CV run, not its folds
     assert {"metrics.`cv_val_acc_mean`", "metrics.`cv_val_acc_ci95_low`", "metrics.`cv_val_acc_ci95_high`",
             "tags.`esc_sweep.dataset_label`", "tags.`esc_sweep.folds`", "tags.`esc_sweep.epochs`",
             "tags.`esc_sweep.selection`"} <= set(view["selectedColumns"])
