@@ -122,7 +122,8 @@ def build_app(bundles: Sequence[Any], examples: Sequence[Path] = (), max_upload_
             with gr.Row():
                 for i, name in enumerate(names):
                     with gr.Column():
-                        gr.Markdown(f"**{name}**", elem_id=f"model-{i}")  # the model's name, shown, not its outputs' API name
+                        # The model's name is shown here; its outputs are named for what they are (the API's names).
+                        gr.Markdown(f"**{name}**", elem_id=f"model-{i}")
                         labels.append(gr.Label(num_top_classes=TOP_K, label=_output_name("top-5 labels", i, names),
                                                elem_id=f"labels-{i}"))
                         plots.append(gr.Plot(label=_output_name("spectrogram and per-window predictions", i, names),

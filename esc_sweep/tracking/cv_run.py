@@ -220,7 +220,8 @@ def dataset_input(labels: Mapping[str, str]) -> DatasetInput:
     name = labels.get(DATASET_LABEL_TAG) or labels.get("dataset", "?")
     source = json.dumps({"dataset": labels.get("dataset"), "classes": labels.get("esc_sweep.classes"),
                          "folds": labels.get(FOLDS_TAG)})
-    context = f"{folds_phrase(labels[FOLDS_TAG])} · {labels.get(EPOCHS_TAG, '?')} ep · selection {labels.get(SELECTION_TAG)}"
+    context = (f"{folds_phrase(labels[FOLDS_TAG])} · {labels.get(EPOCHS_TAG, '?')} ep · "
+               f"selection {labels.get(SELECTION_TAG)}")
     dataset = Dataset(name=name, digest=str(labels.get(FINGERPRINT_TAG, ""))[:36], source_type="local", source=source)
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 

@@ -170,5 +170,8 @@ def accuracy_phrase(mean: float, low: float | None = None, high: float | None = 
 
 
 def finished_run_name(name: str, mean: float, low: float | None = None, high: float | None = None) -> str:
-    """The name a CV run ends with: its accuracy first, so the runs table ranks by eye (``76.8 % ±4.6 · resnet18 ...``)."""
+    """The name a CV run ends with: its accuracy first, so the runs table ranks by eye.
+
+    ``76.8 % ±4.6 · resnet18 ...``; a run without a mean accuracy keeps ``name``.
+    """
     return f"{accuracy_phrase(mean, low, high)} · {name}" if math.isfinite(mean) else name
