@@ -30,6 +30,8 @@ finds a bundle from what a user names (a folder or an MLflow run id);
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import logging
 import math
@@ -80,14 +82,27 @@ def save_bundle(
     ``run_id`` (the MLflow run the bundle belongs to) is recorded for provenance.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, directory / WEIGHTS_FILE)
     meta = bundle_meta(state, cfg, class_names, cv, training, run_id)
-    (directory / META_FILE).write_text(json.dumps(_json_safe(meta), indent=2))
-    if cv is not None:
-        (directory / METRICS_FILE).write_text(json.dumps(_json_safe(cv.to_dict()), indent=2))
+    with _saving(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        _save_atomically(state, directory / WEIGHTS_FILE)
+        if cv is not None:
+            write_text_atomically(directory / METRICS_FILE, json.dumps(_json_safe(cv.to_dict()), indent=2))
+        write_text_atomically(directory / META_FILE, json.dumps(_json_safe(meta), indent=2))  # last: marks it complete
     return directory
+
+
+@contextlib.contextmanager
+def _saving(directory: Path) -> Iterator[None]:
+    """A failed write while saving a bundle (full disk, read-only folder) is one line naming the folder."""
+    try:
+        yield
+    except OSError as err:
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = "the disk is full" if full else (err.strerror or str(err))
+        raise BundleError(f"cannot save the bundle in {directory}: {reason}; free space or fix its permissions, then "
+                          f"run the same command again (the finished folds are not trained again)") from None
 
 
 def bundle_meta(
@@ -137,26 +152,33 @@ def save_ensemble_bundle(
     if len(members) < 1:
         raise BundleError("a fold ensemble needs at least one fold model")
     directory = Path(directory)
-    (directory / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
     all_folds = list(range(1, int(cfg.dataset.num_folds) + 1))
     records = []
-    for fold, state in sorted(members.items()):
-        name = f"{MEMBERS_DIR}/fold{fold}.pt"
-        _save_atomically({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, directory / name)
-        records.append({"fold": int(fold), "weights": name, "trained_on_folds": [f for f in all_folds if f != fold]})
-    first = next(iter(members.values()))
-    meta = bundle_meta(first, cfg, class_names, cv, {"kind": "fold_ensemble", "members": len(records)}, run_id)
-    meta.update(version=ENSEMBLE_VERSION, members=records)
-    if cv is not None:
-        write_text_atomically(directory / METRICS_FILE, json.dumps(_json_safe(cv.to_dict()), indent=2))
-    write_text_atomically(directory / META_FILE, json.dumps(_json_safe(meta), indent=2))  # last: marks it complete
+    with _saving(directory):
+        (directory / MEMBERS_DIR).mkdir(parents=True, exist_ok=True)
+        for fold, state in sorted(members.items()):
+            name = f"{MEMBERS_DIR}/fold{fold}.pt"
+            _save_atomically({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, directory / name)
+            records.append({"fold": int(fold), "weights": name,
+                            "trained_on_folds": [f for f in all_folds if f != fold]})
+        first = next(iter(members.values()))
+        meta = bundle_meta(first, cfg, class_names, cv, {"kind": "fold_ensemble", "members": len(records)}, run_id)
+        meta.update(version=ENSEMBLE_VERSION, members=records)
+        if cv is not None:
+            write_text_atomically(directory / METRICS_FILE, json.dumps(_json_safe(cv.to_dict()), indent=2))
+        write_text_atomically(directory / META_FILE, json.dumps(_json_safe(meta), indent=2))  # last: marks it complete
     return directory
 
 
 def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
+    # Serialised in memory, then written plainly: torch reports a failed file write as a
+    # RuntimeError without the reason; a plain write raises the OSError (a full disk).
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -159,3 +159,31 @@ def test_a_damaged_metrics_json_costs_only_the_metrics(bundle, tmp_path):
     folder = _copy_with(bundle, tmp_path, (bundle / "bundle.json").read_text())
     (folder / "metrics.json").write_text('{"folds": [')
     assert load_bundle(folder).metrics is None
+
+
+def test_a_full_disk_while_saving_a_bundle_is_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    from esc_sweep.bundle import format as bundle_format
+
+    class Full:
+        def __init__(self, path, mode):
+            self.handle = open(path, mode)
+
+        def write(self, data):
+            self.handle.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    cfg = compose_config(FAST_SYNTHETIC + ["tracking.enabled=false", "dataset.num_classes=3"])
+    model = create_model(cfg.model, len(CLASSES), cfg.features.normalize, cfg.features.n_mels)
+    monkeypatch.setattr(bundle_format, "open", Full, raising=False)
+    with pytest.raises(BundleError) as refused:
+        save_bundle(tmp_path / "bundle", model, cfg, CLASSES)
+    assert str(refused.value).startswith(f"cannot save the bundle in {tmp_path / 'bundle'}: the disk is full")
+    assert [p.name for p in (tmp_path / "bundle").iterdir()] == []  # no partial weights, no bundle.json
