@@ -131,18 +131,27 @@ def check_store_of_runs(args: list[str]) -> None:
     check_store_readable(_option_value(args, "--tracking-uri") or resolve_tracking_uri())
 
 
-def database_error_line(err: BaseException) -> str | None:
-    """One line for a database error that reached the command line (a store damaged past the checks), else None."""
+def database_error_line(err: BaseException, args: list[str] = ()) -> str | None:
+    """One line for a database error that reached the command line (a store damaged past the checks), else None.
+
+    ``args``: the subcommand's arguments, to name the MLflow store it used.
+    """
     seen = err
     while seen is not None:
         module = type(seen).__module__
         if isinstance(seen, sqlite3.Error) or (module.startswith("sqlalchemy") and "Error" in type(seen).__name__):
             detail = str(getattr(seen, "orig", None) or seen).strip().splitlines()
-            return (f"a database this command reads could not be used ({detail[0] if detail else type(seen).__name__}):"
-                    f" if it is an MLflow store (mlruns/mlflow.db, --tracking-uri) or an Optuna study (.db), it is "
-                    f"damaged or locked; move it away or restore it from a backup")
+            return (f"a database this command reads could not be used ({detail[0] if detail else type(seen).__name__})"
+                    f": {_store_in_use(args)} or the Optuna study file it names is damaged or locked; move it "
+                    f"away or restore it from a backup")
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _store_in_use(args: list[str]) -> str:
+    from esc_sweep.tracking.uri import resolve_tracking_uri  # deferred: omegaconf, only after a failure
+
+    return f"the MLflow store {_option_value(list(args), '--tracking-uri') or resolve_tracking_uri()}"
 
 
 def check_working_folder(args: list[str]) -> None:
@@ -208,7 +217,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except Exception as err:  # noqa: BLE001 - only database errors are worded; the rest keep their traceback
-        line = database_error_line(err)
+        line = database_error_line(err, sys.argv[2:])
         if line is None:
             raise
         console.print(f"[bold red]error:[/] {escape(line)}")

@@ -168,3 +168,15 @@ def test_a_read_only_working_folder_is_one_line_naming_it_and_hydra_run_dir(tmp_
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert f"cannot write in {folder} (Permission denied)" in message and "hydra.run.dir" in message, message
     assert list(folder.iterdir()) == []
+
+
+def test_any_other_subcommand_meeting_a_damaged_store_still_gets_one_line_naming_it(tmp_path):
+    """The command line's safety net: a database error that no check caught (here: compare) is worded."""
+    store = tmp_path / "mlruns" / "mlflow.db"
+    _random_bytes(store)
+    out = run_cli(["compare", RUN_ID, RUN_ID[:-1] + "0"], cwd=tmp_path, env={"MLFLOW_TRACKING_URI": None},
+                  timeout=300)
+    message = _one_line(out.stderr + out.stdout)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, message[-3000:]
+    assert str(store) in message and ("could not be used" in message or "is not a SQLite database" in message), \
+        message[-2000:]
