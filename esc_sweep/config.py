@@ -369,7 +369,7 @@ _CHOICES = {
     "dataset.kind": ("esc50", "synthetic", "folder"),
     "dataset.label": ("target", "category"),
     "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat"),
-    "features.normalize": ("peak", "instance", "dataset", "none"),
+    "features.normalize": ("dataset", "instance", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
     "trainer.validation": ("none", "inner", "test_fold"),
     "features.mel_scale": ("htk", "slaney"),

@@ -116,20 +116,7 @@ def list_models() -> list[str]:
 
 
 class Standardize(nn.Module):
-    """The model's input scaling, on decibel spectrograms [B, 1, F, T]; ``mode`` is ``features.normalize``.
-
-    * ``peak`` (the default): each clip is referred to its own loudest cell (``x - max``), then
-      scaled per frequency band with mean/std of the training folds' peak-referred clips. A
-      recording's gain adds one constant to every cell in dB, which the peak removes, so the
-      input does not depend on the level; what a per-clip ``instance`` scaling also removes, a
-      clip's loudness and contrast relative to its peak (a dog's bark between silences against
-      rain's steady hiss) and the band-to-band scale, stays: with it the baseline learns as fast
-      as with ``dataset`` (benchmarks/README.md, "Short runs").
-    * ``instance``: one mean and std per clip over all cells (level-independent as well, but
-      slow to learn from: see above).
-    * ``dataset``: per-band mean/std of the training folds' raw decibels: depends on the level.
-    * ``none``: raw decibels.
-    """
+    """(x - mean) / std with per-frequency statistics (dataset) or per clip (instance)."""
 
     def __init__(self, mode: str, num_bins: int):
         super().__init__()
@@ -137,17 +124,12 @@ class Standardize(nn.Module):
         self.register_buffer("mean", torch.zeros(1, 1, num_bins, 1))
         self.register_buffer("std", torch.ones(1, 1, num_bins, 1))
 
-    @staticmethod
-    def _peak_referred(x: torch.Tensor) -> torch.Tensor:
-        return x - x.amax(dim=(1, 2, 3), keepdim=True)
-
     @torch.no_grad()
     def fit(self, spectrograms: torch.Tensor) -> "Standardize":
-        """Per-frequency statistics over clips and frames (dataset and peak modes)."""
-        if self.mode in ("dataset", "peak"):
-            x = self._peak_referred(spectrograms) if self.mode == "peak" else spectrograms
-            self.mean.copy_(x.mean(dim=(0, 1, 3), keepdim=True).view_as(self.mean))
-            self.std.copy_(x.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-5).view_as(self.std))
+        """Per-frequency statistics over clips and frames (dataset mode only)."""
+        if self.mode == "dataset":
+            self.mean.copy_(spectrograms.mean(dim=(0, 1, 3), keepdim=True).view_as(self.mean))
+            self.std.copy_(spectrograms.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-5).view_as(self.std))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,11 +137,12 @@ class Standardize(nn.Module):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             std = x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-5)
             return (x - mean) / std
-        if self.mode == "peak":
-            return (self._peak_referred(x) - self.mean) / self.std
         if self.mode == "dataset":
             return (x - self.mean) / self.std
         return x
+
+
+RECALIBRATION_BATCHES = 2  # training batches whose statistics the batch norms evaluate with (Classifier)
 
 
 class Classifier(nn.Module):
@@ -179,6 +162,7 @@ class Classifier(nn.Module):
         self.frozen = False
         self.finetune = "full"
         self.unfreeze_epoch = 0
+        self._recent_inputs: list[torch.Tensor] = []  # the last training batches, for _recalibrate_batch_norm
 
     def head_parameter_names(self) -> set[str]:
         return classifier_head_names(self)
@@ -191,6 +175,8 @@ class Classifier(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "Classifier":
+        if not mode and self.training and self._recent_inputs:
+            self._recalibrate_batch_norm()
         super().train(mode)
         if mode and self.frozen:
             self.backbone.eval()
@@ -202,7 +188,39 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.standardize(x))
+        x = self.standardize(x)
+        if self.training and torch.is_grad_enabled() and not self.frozen and not torch.compiler.is_compiling():
+            self._recent_inputs = (self._recent_inputs + [x.detach()])[-RECALIBRATION_BATCHES:]
+        return self.backbone(x)
+
+    @torch.no_grad()
+    def _recalibrate_batch_norm(self) -> None:
+        """Batch-norm statistics of the weights as they are now, from the last training batches.
+
+        Evaluation normalises with running statistics, an average over the last ten steps or
+        so (momentum 0.1) that starts at mean 0, variance 1. A run of a few steps (5 classes,
+        2 epochs: 6 steps) evaluates with statistics that are half the starting values and the
+        rest from weights long gone: every clip came out as one class, while the training loss
+        was falling. Measured in benchmarks/README.md ("Short runs"). Going to evaluation, the
+        statistics are recomputed as a plain average over the last RECALIBRATION_BATCHES
+        training batches (augmented as trained) passed through the current weights.
+        """
+        inputs, self._recent_inputs = self._recent_inputs, []
+        norms = [m for m in self.backbone.modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        # Random state (dropout) is saved and restored: evaluation must not shift the training's draws.
+        devices = [inputs[0].device] if inputs[0].device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for batch in inputs:
+                self.backbone(batch)
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
 
 
 def _head_dropout_on(backbone: nn.Module) -> None:
