@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
 from esc_sweep.paths import optuna_storage_url
+from esc_sweep.stores import sqlite_problem
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,12 @@ def open_storage(url: str | None, heartbeat_interval: int = 0, grace_period: int
                     pass
                 return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
             if url.startswith("sqlite:///"):
+                # A damaged study file (random bytes, overwritten pages) is one line naming it, before
+                # SQLAlchemy reads it; a new or empty file is a study not made yet.
+                problem = sqlite_problem(path) if path is not None and path.exists() else None
+                if problem:
+                    raise StorageError(f"storage {mask_url(url)} cannot be used: {path} {problem}; move it "
+                                       "away (the study in it cannot be resumed) or name another storage")
                 # Several processes may write the file; wait for its lock instead of failing.
                 engine_kwargs = {"connect_args": {"timeout": 60}}
             else:

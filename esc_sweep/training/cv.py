@@ -227,7 +227,8 @@ def mark_cv_complete(cv: CVResult, cfg: DictConfig) -> None:
     crash, a full disk or a kill in between leaves every finished fold resumable.
     """
     for directory in cv.checkpoint_dirs or ([cv.checkpoint_dir] if cv.checkpoint_dir is not None else []):
-        FoldCheckpoints(directory).mark_complete(list(cfg.trainer.folds))
+        # This process holds the folder's lock already (open_checkpoints): no second lock to take.
+        FoldCheckpoints(directory, lock=False).mark_complete(list(cfg.trainer.folds))
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
