@@ -83,3 +83,16 @@ def test_recalibration_leaves_the_random_stream_and_frozen_backbones_alone():
         model.train()
         model(batches[0])  # no gradients: an evaluation-like pass, not a training step
     assert model._recent_inputs == []
+
+
+def test_predictions_still_do_not_depend_on_the_recording_level():
+    """A gain is a constant in decibels: per-clip normalisation removes it, recalibration or not."""
+    model, batches = _model(), _batches(2)
+    model.train()
+    for batch in batches:
+        model(batch)
+    model.eval()
+    with torch.no_grad():
+        clip = batches[0]
+        for gain_db in (-20.0, 10.0):
+            assert torch.allclose(model(clip + gain_db).softmax(1), model(clip).softmax(1), atol=1e-5)
