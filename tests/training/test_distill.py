@@ -150,3 +150,16 @@ def test_the_loss_is_the_documented_mixture():
                                  reduction="batchmean") * t * t
                 + (1 - alpha) * F.cross_entropy(logits, labels.argmax(1)))
     assert math.isclose(float(targets.loss(logits, batch, 0.0)), float(expected), rel_tol=1e-5)
+
+
+def test_the_final_fit_is_taught_by_every_member(tmp_path, teacher, monkeypatch):
+    """Nothing is held out in the final fit: all members teach, their probabilities averaged."""
+    seen = []
+    targets = distill.fold_targets
+    monkeypatch.setattr("esc_sweep.training.final_fit.fold_targets",
+                        lambda *a, **k: seen.append(targets(*a, **k)) or seen[-1])
+    cfg = _cfg(tmp_path, f"trainer.distill.teacher={teacher['ensemble']}", "trainer.folds=[1,2,3]", "trainer.epochs=1")
+    final_fit(cfg, None)
+    assert seen[0].description["members"] == ["members/fold1.pt", "members/fold2.pt", "members/fold3.pt"]
+    rows = seen[0].probabilities
+    assert torch.allclose(rows.sum(1), torch.ones(len(rows)))
