@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 from rich.table import Table
 
 from esc_sweep.config import register_configs, validate
@@ -46,8 +47,9 @@ from esc_sweep.stats import mean_interval
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
 # Keys the nested procedure sets itself for each outer fold.
-RESERVED = ("trainer.folds", "trainer.validation", "hydra.sweeper.study_name", "hydra.sweeper.storage",
+RESERVED = ("trainer.validation", "hydra.sweeper.study_name", "hydra.sweeper.storage",
             "hydra.sweep.dir", "hydra.run.dir", "sweep.parent_run_id")
+# trainer.folds=[...] on the command line names the outer folds (as --outer-folds does).
 
 
 class NestedError(EscSweepError):
@@ -70,6 +72,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def _key(override: str) -> str:
     return override.lstrip("+~").partition("=")[0]
+
+
+def _is_sweep(override: str) -> bool:
+    """Whether an override is a search parameter (``interval(...)``, ``choice(...)``, ``a,b``), as Hydra parses it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # deferred: with compose below
+
+    try:
+        return OverridesParser.create().parse_overrides([override])[0].is_sweep_override()
+    except Exception:  # not an override Hydra can parse: compose() says so, naming it
+        return False
 
 
 def compose(overrides: Sequence[str]) -> DictConfig:
@@ -95,18 +107,20 @@ class Plan:
     """What a nested CV will run, from its overrides; checks them before anything runs."""
 
     def __init__(self, overrides: Sequence[str], outer_folds: Optional[str], name: Optional[str]):
-        self.overrides = list(overrides)
+        # trainer.folds names the outer folds; each outer fold's commands set their own.
+        self.overrides = [o for o in overrides if _key(o) != "trainer.folds"]
         reserved = sorted({_key(o) for o in self.overrides if _key(o) in RESERVED})
         if reserved:
             raise ConfigError(f"nested: {', '.join(reserved)} cannot be set: the nested procedure sets them per "
                               "outer fold (choose the outer folds with --outer-folds)")
-        self.cfg = compose(self.overrides)
+        # Search parameters given on the command line (interval(...), choice(...)) compose only in a sweep.
+        sweeps = [o for o in self.overrides if _is_sweep(o)]
+        self.cfg = compose([o for o in overrides if o not in sweeps])
         search = OmegaConf.select(self.cfg, "hydra.runtime.choices.hparams_search", default=None)
         if not search:
             raise ConfigError("nested: hparams_search=NAME is required (the search to nest), e.g. "
                               "hparams_search=esc50_optuna")
         self.search = str(search)
-        validate(self.cfg)
         folds = [int(f) for f in self.cfg.trainer.folds]
         if outer_folds:
             try:
@@ -115,12 +129,13 @@ class Plan:
                 raise ConfigError(f"--outer-folds {outer_folds!r}: must be comma-separated fold numbers") from None
         if len(folds) < 2 or len(set(folds)) != len(folds):
             raise ConfigError(f"--outer-folds {folds}: at least 2 different folds")
+        self.cfg.trainer.folds = folds
+        validate(self.cfg)  # the outer folds exist in the data set, every value is in range
         self.outer_folds = folds
         self.n_trials = int(self.cfg.hydra.sweeper.n_trials)
         self.params = dict(OmegaConf.to_container(self.cfg.hydra.sweeper.params or {}, resolve=False))
-        for override in self.overrides:  # search parameters given on the command line
-            if any(f"{kind}(" in override for kind in ("choice", "interval", "range", "tag")):
-                self.params[_key(override)] = override.partition("=")[2]
+        for override in sweeps:
+            self.params[_key(override)] = override.partition("=")[2]
         from esc_sweep.sweep.identity import digest  # deferred: with the plan only
 
         self.name = name or f"{self.search}-{digest({'overrides': sorted(self.overrides), 'folds': folds})}"
@@ -269,7 +284,12 @@ class NestedCV:
         }
 
 
+# The plan and the results go to stdout; progress and errors to stderr (esc_sweep.console), as in training.
+results_console = Console()
+
+
 def print_summary(nested: NestedCV) -> None:
+    console = results_console
 
     table = Table(title=f"Nested CV {nested.plan.name} (accuracies in %)")
     for column in ("outer fold", "refit: outer acc", "winner's inner value", "winner", "trials", "seconds"):
@@ -297,7 +317,7 @@ def main(argv: Sequence[str]) -> None:
 
     args = parse_args(argv)
     plan = Plan(args.overrides, args.outer_folds, args.name)
-    console.print(plan.cost_text())
+    results_console.print(plan.cost_text())
     if args.plan:
         return
     nested = NestedCV(plan, Path.cwd())
@@ -305,7 +325,7 @@ def main(argv: Sequence[str]) -> None:
     if done:
         spent = sum(nested.state["folds"][str(f)]["seconds"] for f in done)
         left = len(plan.outer_folds) - len(done)
-        console.print(f"resuming: outer folds {done} done in {spent / 60:.1f} min; about "
+        results_console.print(f"resuming: outer folds {done} done in {spent / 60:.1f} min; about "
                       f"{spent / len(done) * left / 60:.0f} min for the {left} left at that pace")
     nested.start_tracking()
     try:
@@ -336,4 +356,4 @@ def main(argv: Sequence[str]) -> None:
 
         finish_nested_run(nested.uri, nested.run_id, nested.state["summary"], nested.state_file)
     print_summary(nested)
-    console.print(f"results: {nested.state_file}")
+    results_console.print(f"results: {nested.state_file}")
