@@ -58,11 +58,20 @@ def test_resuming_a_study_with_another_search_is_refused_in_one_line(tmp_path):
     assert study.metric_names == ["mean_val_acc"]
     assert set(study.user_attrs["esc_sweep.search_space"]["params"]) == {"optimizer.lr"}
 
+    # Named on the command line, the study is the one the user means: another search is refused.
     line = error_line(_sweep(tmp_path, *common[:-2], "optimizer.lr=tag(log,interval(0.001,0.05))",
-                             "model.dropout=interval(0.0,0.3)", "features.n_mels=16"))
+                             "model.dropout=interval(0.0,0.3)", "features.n_mels=16",
+                             "hydra.sweeper.study_name=esc50_optuna"))
     assert line == (
         f"error: study 'esc50_optuna' in {storage} was made for another search (new parameters "
         "model.dropout; other ranges for optimizer.lr): resume it with its own search, or start another "
         "study (hydra.sweeper.study_name=<new name>, or null for one derived from the search)"
     )
+    assert len(optuna.load_study(study_name="esc50_optuna", storage=storage).trials) == 1
+    # With the search's own name, another search gets a study of its own beside the first.
+    out = _sweep(tmp_path, *common[:-2], "optimizer.lr=tag(log,interval(0.001,0.05))",
+                 "model.dropout=interval(0.0,0.3)", "features.n_mels=16")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+    assert names[0] == "esc50_optuna" and names[1].startswith("esc50_optuna-") and len(names) == 2
     assert len(optuna.load_study(study_name="esc50_optuna", storage=storage).trials) == 1
