@@ -163,3 +163,15 @@ def test_the_final_fit_is_taught_by_every_member(tmp_path, teacher, monkeypatch)
     assert seen[0].description["members"] == ["members/fold1.pt", "members/fold2.pt", "members/fold3.pt"]
     rows = seen[0].probabilities
     assert torch.allclose(rows.sum(1), torch.ones(len(rows)))
+
+
+def test_parallel_folds_distil_as_sequential_ones_do(tmp_path, teacher):
+    """Fold workers read the teacher themselves (from the cache): the same numbers as one after another."""
+    common = ["trainer.folds=[1,2]", "trainer.num_threads=1", "trainer.epochs=2",
+              f"trainer.distill.teacher={teacher['ensemble']}"]
+    sequential = cross_validate(_cfg(tmp_path / "seq", *common))
+    parallel = cross_validate(_cfg(tmp_path / "par", *common, "trainer.parallel_folds=2"))
+    assert [f.val_loss for f in parallel.folds] == [f.val_loss for f in sequential.folds]
+    assert [f.history[0]["train_loss"] for f in parallel.folds] == [f.history[0]["train_loss"]
+                                                                    for f in sequential.folds]
+    assert parallel.distill["members_by_fold"] == {1: ["members/fold1.pt"], 2: ["members/fold2.pt"]}
