@@ -280,6 +280,11 @@ def read_meta(directory: Path) -> dict[str, Any]:
 # What bundle.json must hold: (dotted field, required, check, what it must be)
 
 
+MAX_SAMPLE_RATE = 384_000
+MAX_CLIP_SECONDS = 3600
+MAX_TTA_CROPS = 256
+
+
 def _is_int(value: Any, low: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -303,12 +308,16 @@ _FIELDS = (
     ("config.model", True, lambda v: isinstance(v, dict), "an object"),
     ("config.model.name", True, lambda v: isinstance(v, str) and bool(v), "a model name"),
     ("config.features", True, lambda v: isinstance(v, dict), "an object"),
-    ("config.features.sample_rate", True, _is_int, "a positive integer (Hz)"),
+    # Upper bounds keep a hand-edited value from asking for gigabytes before anything else fails.
+    ("config.features.sample_rate", True, lambda v: _is_int(v) and v <= MAX_SAMPLE_RATE,
+     f"a positive integer up to {MAX_SAMPLE_RATE} (Hz)"),
     ("config.features.hop_length", True, _is_int, "a positive integer (samples)"),
     ("config.dataset", True, lambda v: isinstance(v, dict), "an object"),
-    ("config.dataset.clip_seconds", True, _is_number, "a positive number of seconds"),
+    ("config.dataset.clip_seconds", True, lambda v: _is_number(v) and v <= MAX_CLIP_SECONDS,
+     f"a positive number of seconds up to {MAX_CLIP_SECONDS}"),
     ("config.trainer", False, lambda v: isinstance(v, dict), "an object"),
-    ("config.trainer.tta_crops", False, lambda v: v is None or _is_int(v, 0), "an integer >= 0"),
+    ("config.trainer.tta_crops", False, lambda v: v is None or (_is_int(v, 0) and v <= MAX_TTA_CROPS),
+     f"an integer from 0 to {MAX_TTA_CROPS}"),
     ("config.augmentation", False, lambda v: v is None or isinstance(v, dict), "an object"),
     ("config.augmentation.crop_seconds", False, lambda v: v is None or _is_number(v, strict=False),
      "a number of seconds >= 0"),
