@@ -70,7 +70,7 @@ def _folds(folds: str) -> str:
 
 def group_table(group, show_experiment: bool = False) -> Table:
     """One rich table: the runs of one comparability group."""
-    from esc_sweep.tracking.runs_table import differing_overrides  # deferred with the rest of the MLflow side (main)
+    from esc_sweep.tracking.runs_table import differing_overrides  # deferred: the MLflow side (~2 s), as in main
 
     first = group.runs[0]
     if group.ranked:

@@ -45,7 +45,7 @@ from typing import Any, Iterable, Mapping
 import mlflow
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, Metric, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
@@ -215,8 +215,6 @@ def runs_table_link(tracking_uri: str, experiment_id: str) -> str:
 def dataset_input(labels: Mapping[str, str]) -> DatasetInput:
     """The run's data as an MLflow dataset input: the runs table's (default) Dataset column shows
     ``esc50[5 classes]`` with the data copy's fingerprint, and as its context folds, epochs and selection."""
-    from mlflow.entities import Dataset, InputTag  # deferred with the rest of MLflow's entities below
-
     name = labels.get(DATASET_LABEL_TAG) or labels.get("dataset", "?")
     source = json.dumps({"dataset": labels.get("dataset"), "classes": labels.get("esc_sweep.classes"),
                          "folds": labels.get(FOLDS_TAG)})

@@ -14,6 +14,7 @@ they form one group of their own that is listed but not ranked.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -219,8 +220,6 @@ def differing_overrides(runs: Iterable[CVRun]) -> dict[str, str]:
 
 def _override_pairs(overrides: str) -> list[tuple[str, Optional[str]]]:
     """``a=1 +b=[1, 2]`` as [("a", "1"), ("+b", "[1, 2]")]: Hydra's task overrides, as the tracker joined them."""
-    import shlex
-
     try:
         tokens = shlex.split(overrides)
     except ValueError:  # an unbalanced quote in a hand-written tag
