@@ -44,6 +44,13 @@ SKIPPED = {
     "python -m esc_sweep model=panns_cnn14 model.weights=panns:cnn14 model.finetune=linear_probe":
         "downloads the PANNs CNN14 checkpoint from Zenodo (no internet here); tests/models/test_weights.py "
         "runs the same download code against a local HTTP server, tests/models/test_transfer.py the fine-tuning",
+    "esc-sweep compare outputs/runs/<date>/<run A> outputs/runs/<date>/<run B>":
+        "placeholders for two run folders: tests/e2e/test_compare_cli.py compares real run folders and run ids",
+    "esc-sweep compare A B C --rope 0.5 --format json":
+        "placeholders for run folders: tests/e2e/test_compare_cli.py runs --rope and --format json on real runs",
+    "esc-sweep nested hparams_search=esc50_optuna dataset=esc10 hydra.sweeper.n_trials=20":
+        "5 outer folds x 21 trainings of real ESC-10: tests/e2e/test_nested_cli.py runs nested on tiny data "
+        "(2 outer folds, 2 trials), the README's --plan line above runs as written",
     "mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db":
         "a server that runs until stopped: tests/tracking/test_tracking.py::test_readme_ui_command_serves_the_runs "
         "starts it exactly as written and reads runs and figures from it",
