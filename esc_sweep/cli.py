@@ -90,12 +90,39 @@ def _sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def check_output_dir(key: str, value: str) -> None:
+    """An output folder named on the command line never lands on something esc_sweep keeps.
+
+    Inside a bundle, a run's folder, a fold-checkpoint folder or an MLflow store: refused. A
+    finished run's own folder (it holds results.json): refused too, its results would be
+    overwritten; an interrupted run's folder (no results.json yet) may be named again to resume it.
+    """
+    if not value or "${" in value:  # an interpolation (the default's ${now:...}): unique by construction
+        return
+    from esc_sweep.outputs import enclosing_kept_folder, kept_folder_kind  # deferred: training commands only
+
+    target = Path(value).expanduser().resolve()
+    kind = kept_folder_kind(target) if target.is_dir() else None
+    if kind == "a run's output folder":
+        if (target / "results.json").exists():
+            raise ConfigError(f"{key}={value}: {target} holds a finished run (results.json): name a new folder")
+        kind = None
+    kept = (target, kind) if kind is not None else enclosing_kept_folder(target)
+    if kept is not None:
+        raise ConfigError(f"{key}={value}: {kept[0]} is {kept[1]}: esc_sweep does not write into it; "
+                          "name another folder")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{key}={value} is a file, not a folder: name a folder for the run's outputs")
+
+
 def check_overrides(args: list[str]) -> None:
     """Hydra instantiates ``hydra.callbacks`` itself, before app.run checks ``_target_`` values: refuse them here."""
     for arg in args:
-        key = arg.lstrip("+~").partition("=")[0]
+        key, _, value = arg.lstrip("+~").partition("=")
         if key.startswith(("hydra.callbacks", "hydra/callbacks")):
             raise ConfigError(f"{arg!r}: refused. hydra.callbacks cannot be set from the command line.")
+        if key in ("hydra.run.dir", "hydra.sweep.dir"):
+            check_output_dir(key, value.strip("'\""))
     from esc_sweep.config import dataset_override_problems  # deferred: hydra/omegaconf, only for training commands
 
     problems = dataset_override_problems(args)

@@ -240,7 +240,8 @@ class NestedCV:
                f"hydra.run.dir={run_dir}"]
         if self.run_id:
             cmd.append(f"sweep.parent_run_id={self.run_id}")
-        _run(cmd, f"outer fold {fold}: the refit")
+        if not (run_dir / "results.json").exists():  # else it finished before an interruption: not trained again
+            _run(cmd, f"outer fold {fold}: the refit")
         return json.loads((run_dir / "results.json").read_text())
 
     def run_fold(self, fold: int) -> dict[str, Any]:
