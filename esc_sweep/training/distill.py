@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.config import FeaturesConfig, ModelConfig
 from esc_sweep.data import ClipSet, load_clipset
+from esc_sweep.data.download import file_sha256
 from esc_sweep.errors import ConfigError
 from esc_sweep.features.transforms import build_features, compute_features
 from esc_sweep.models import create_model
@@ -147,14 +148,6 @@ def _section(schema: type, values: dict[str, Any]) -> Any:
     return OmegaConf.merge(OmegaConf.structured(schema), {k: v for k, v in values.items() if k in known})
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # Teacher logits already computed in this process, on their device: {(cache key, device): [N, C]}.
 _IN_MEMORY: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -171,7 +164,7 @@ def teacher_logits(teacher: Teacher, member: Member, cfg: DictConfig, clips: Cli
     front_end = OmegaConf.to_container(features_cfg, resolve=True)
     for key in ("precompute", "cache"):  # how, not what, is computed
         front_end.pop(key, None)
-    blob = json.dumps({"weights": _file_digest(member.weights), "data": clips.fingerprint,
+    blob = json.dumps({"weights": file_sha256(member.weights), "data": clips.fingerprint,
                        "clip_samples": int(clips.waveforms.shape[1]), "features": front_end}, sort_keys=True)
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
     if (key, str(device)) in _IN_MEMORY:
