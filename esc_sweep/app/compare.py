@@ -171,12 +171,17 @@ def differences(a: RunValues, b: RunValues) -> list[str]:
     return out
 
 
-def compare_two(a: RunValues, b: RunValues, rope_points: float = 1.0) -> dict[str, Any]:
-    """B against A, paired by (repeat, fold): the numbers ``esc-sweep compare --format json`` prints per pair."""
+def check_comparable(a: RunValues, b: RunValues) -> None:
+    """Raise CompareError, naming what differs, unless the two runs were measured alike."""
     problems = differences(a, b)
     if problems:
         raise CompareError(f"{a.label} and {b.label} were not measured alike: {'; '.join(problems)}. "
                            "Only runs on the same data, classes, folds and selection protocol can be compared")
+
+
+def compare_two(a: RunValues, b: RunValues, rope_points: float = 1.0) -> dict[str, Any]:
+    """B against A, paired by (repeat, fold): the numbers ``esc-sweep compare --format json`` prints per pair."""
+    check_comparable(a, b)
     pairs = sorted(set(a.values) & set(b.values))
     if len(pairs) < 2:
         raise CompareError(f"{a.label} and {b.label} share {len(pairs)} (repeat, fold) pair(s); a comparison needs 2")
@@ -229,10 +234,7 @@ def _verdict(left: float, equivalent: float, right: float, rope: float) -> str:
 def compare_runs(runs: Sequence[RunValues], rope_points: float = 1.0) -> list[dict[str, Any]]:
     """Every pair (B later on the command line than A); refuses incomparable runs before computing any."""
     for a, b in combinations(runs, 2):
-        problems = differences(a, b)
-        if problems:
-            raise CompareError(f"{a.label} and {b.label} were not measured alike: {'; '.join(problems)}. "
-                               "Only runs on the same data, classes, folds and selection protocol can be compared")
+        check_comparable(a, b)
     return [compare_two(a, b, rope_points) for a, b in combinations(runs, 2)]
 
 

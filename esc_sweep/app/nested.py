@@ -168,14 +168,6 @@ def _run(cmd: list[str], what: str) -> None:
                           "nested command again: finished outer folds and trials are kept")
 
 
-def _override(name: str, value: Any) -> str:
-    if isinstance(value, bool):
-        return f"{name}={'true' if value else 'false'}"
-    if isinstance(value, (int, float)):
-        return f"{name}={value!r}"
-    return f"{name}='{value}'" if "'" not in str(value) else f'{name}="{value}"'
-
-
 class NestedCV:
     def __init__(self, plan: Plan, root: Path):
         self.plan = plan
@@ -235,7 +227,9 @@ class NestedCV:
         run_dir = self.dir / f"outer{fold}" / "refit"
         searched = set(params)
         fixed = [o for o in self.plan.overrides if _key(o) not in searched]
-        cmd = [sys.executable, "-m", "esc_sweep", *fixed, *(_override(k, v) for k, v in params.items()),
+        from esc_sweep.sweep.sweeper import _override_value  # deferred: optuna (~0.8 s), as the sweeper quotes them
+
+        cmd = [sys.executable, "-m", "esc_sweep", *fixed, *(f"{k}={_override_value(v)}" for k, v in params.items()),
                f"trainer.folds=[{fold}]", "trainer.validation=none", "trainer.early_stopping_patience=0",
                f"hydra.run.dir={run_dir}"]
         if self.run_id:
