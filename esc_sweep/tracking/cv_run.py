@@ -95,7 +95,7 @@ from esc_sweep.tracking.labels import (
     run_name,
 )
 from esc_sweep.tracking.uri import is_server
-from esc_sweep.tracking.system_metrics import start_system_metrics
+from esc_sweep.tracking.system_metrics import start_system_metrics, system_run
 
 # Per-fold values the CV run logs with step = fold number, beside their means (cv_<key>_mean).
 # inner_acc: only with trainer.validation=inner; val_acc_tta: only with trainer.tta_crops > 1.
@@ -251,6 +251,7 @@ class MlflowTracker(Callback):
         self._model: torch.nn.Module | None = None
         self._num_parameters: int | None = None
         self._system_metrics = None  # CPU/memory/GPU sampler of the CV run (tracking.system_metrics)
+        self._system_run_id: str | None = None  # the CV run's "system metrics" child, which it logs to
 
     # ---- CV start: open (or reopen) the CV run
 
@@ -306,9 +307,11 @@ class MlflowTracker(Callback):
         else:
             self.parent_run_id = self._create_parent(environment.get("git_commit"))
         self._parent_open = True
-        self._system_metrics = start_system_metrics(
-            self.parent_run_id, self.tracking_uri, bool(OmegaConf.select(cfg, "tracking.system_metrics", default=True)),
-            resume=self._resumed)
+        if OmegaConf.select(cfg, "tracking.system_metrics", default=True):
+            # A child run holds them: on the CV run they would be its first metrics (see system_metrics.py).
+            self._system_run_id = system_run(self.client, self.experiment_id, self.parent_run_id, _source_tags())
+            self._system_metrics = start_system_metrics(self._system_run_id, self.tracking_uri, True,
+                                                        resume=self._resumed)
         if checkpoints is not None:
             checkpoints.update_state(**{STATE_KEY: self.parent_run_id})
 
@@ -551,10 +554,17 @@ class MlflowTracker(Callback):
         log.info("MLflow: run %s; the runs table, best first: %s", run_id,
                  runs_table_link(self.tracking_uri, self.experiment_id))
 
-    def _stop_system_metrics(self) -> None:
+    def _stop_system_metrics(self, status: str = "FINISHED") -> None:
+        """Stop sampling; the "system metrics" child ends with its CV run's status."""
         sampler, self._system_metrics = self._system_metrics, None
         if sampler is not None:
             sampler.stop()
+        run_id, self._system_run_id = self._system_run_id, None
+        if run_id is not None and self.client is not None:
+            try:
+                self.client.set_terminated(run_id, status)
+            except MlflowException as err:
+                log.warning("MLflow: could not end the system-metrics run: %s", err)
 
     def _log_per_fold_series(self, result: CVResult) -> None:
         """``val_acc`` etc. of each fold at step = fold number: on the CV run's charts they line up with the mean."""
@@ -581,8 +591,8 @@ class MlflowTracker(Callback):
 
         Each CV run ends with the tag ``esc_sweep.status``: finished, pruned, failed or interrupted.
         """
-        self._stop_system_metrics()
         if self.client is None:
+            self._stop_system_metrics()
             return
         pruned = type(error).__name__ == "TrialPruned"
         interrupted = isinstance(error, KeyboardInterrupt)
@@ -592,6 +602,7 @@ class MlflowTracker(Callback):
             status, outcome = RunStatus.to_string(RunStatus.KILLED), "interrupted"
         else:
             status, outcome = RunStatus.to_string(RunStatus.FAILED), "failed"
+        self._stop_system_metrics(status)
         message = f"{type(error).__name__}: {error}"[:5000]
         open_runs = list(self._fold_runs.values()) + ([self.parent_run_id] if self._parent_open else [])
         for run_id in open_runs:

@@ -7,6 +7,11 @@ and so on, step = sample number. esc_sweep starts one per CV run
 (``tracking.system_metrics``, on by default) because it logs through
 ``MlflowClient``, not ``mlflow.start_run``, where MLflow would start it.
 
+The samples go to a child of the CV run named "system metrics" (tag ``esc_sweep.role=system``),
+not to the CV run itself. MLflow lists a run's metrics in the order they were first logged, and
+its compare page plots the first one: sampled from the first seconds on, ``system/cpu_...`` would
+lead every comparison of CV runs, whose accuracy is logged only at the end.
+
 One sample every ``SAMPLING_INTERVAL_S`` seconds: the cost is one psutil call
 and one small write, and stopping never waits for it. MLflow logs only whole
 intervals, so a run shorter than one would have no system metrics: ``stop``
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import logging
 from typing import Optional
+
+from esc_sweep.tracking.client import PARENT_TAG, ROLE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,21 @@ class SystemMetrics:
                 monitor.mlflow_logger.flush()
         except Exception as err:  # never let bookkeeping hide the run's own result
             log.warning("MLflow system metrics: could not log the last sample: %s", err)
+
+
+SYSTEM_RUN_NAME = "system metrics"
+SYSTEM_ROLE = "system"
+
+
+def system_run(client, experiment_id: str, parent_run_id: str, tags: dict[str, str]) -> str:
+    """The CV run's "system metrics" child: the one an interrupted attempt left, or a new one."""
+    found = client.search_runs([experiment_id], filter_string=(
+        f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{ROLE_TAG}` = '{SYSTEM_ROLE}'"))
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    tags = {**tags, PARENT_TAG: parent_run_id, ROLE_TAG: SYSTEM_ROLE}
+    return client.create_run(experiment_id, tags=tags, run_name=SYSTEM_RUN_NAME).info.run_id
 
 
 def start_system_metrics(run_id: str, tracking_uri: str, enabled: bool, resume: bool = False,

@@ -3,7 +3,8 @@
 Three short CV runs of the real command go into one SQLite store; ``mlflow server`` serves it and the
 browser opens the link each run logs. Without clicking, the table must show the runs best first, each
 named by its accuracy, with the mean accuracy and its 95 % interval as columns and the dataset with
-its classes. Chromium and ChromeDriver are Debian packages (``tests/e2e/serve_support.py``); the test
+its classes. MLflow's compare page of those runs plots their accuracy first, and no system metric.
+Chromium and ChromeDriver are Debian packages (``tests/e2e/serve_support.py``); the test
 skips, saying so, without them.
 
 Set ``ESC_SWEEP_SCREENSHOTS=<folder>`` to keep the screenshot (``docs/images/mlflow_runs_table.png``
@@ -12,6 +13,7 @@ is this test's).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from tests.conftest import FAST_SYNTHETIC, run_cli
 from tests.e2e.serve_support import browser_missing, start_chromium
@@ -96,6 +99,22 @@ def test_the_landing_view_ranks_runs_by_accuracy_with_its_interval(tmp_path):
             assert column in page, (column, page[-3000:])
         assert "synthetic[3 classes]" in page and "3 Folds · 3" in page, page[-3000:]  # the UI capitalises the context
         assert "fold-1" not in page  # CV runs only: the fold runs stay under their CV runs' pages
+        assert "system metrics" not in page  # the CPU/memory sampler's child run stays out of it too
+
+        # MLflow's compare page plots the first metric the runs share: the accuracy, not system/cpu_...
+        ids = [run.info.run_id for run in MlflowClient(store).search_runs(
+            [MlflowClient(store).get_experiment_by_name("esc_sweep").experiment_id],
+            filter_string="tags.`esc_sweep.role` = 'cv'")]
+        driver.get(f"http://127.0.0.1:{port}/#/compare-runs?runs={json.dumps(ids)}")
+
+        def plotted(d):
+            text = d.find_element(By.TAG_NAME, "body").text
+            return text if "Metrics:" in text else False
+
+        compare = WebDriverWait(driver, WAIT_SECONDS).until(plotted)
+        first_metric = compare.split("Metrics:", 1)[1].split()[0]
+        assert first_metric.startswith("cv_val_acc"), compare[:2000]
+        assert "system/" not in compare, compare[:3000]
     finally:
         if driver is not None:
             driver.quit()

@@ -66,15 +66,23 @@ def test_system_metrics_off_logs_nothing(store):
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_the_cv_run_gets_system_metrics_unless_tracking_system_metrics_is_false(store, enabled):
+def test_the_cv_runs_system_metrics_child_gets_them_unless_tracking_system_metrics_is_false(store, enabled):
     uri, client = store
     tracker = _tracker(uri, f"tracking.system_metrics={str(enabled).lower()}")
     tracker.on_exception(KeyboardInterrupt())  # ends the runs (and the sampler) like Ctrl-C
-    system = sorted(k for k in client.get_run(tracker.parent_run_id).data.metrics if k.startswith("system/"))
+    parent = client.get_run(tracker.parent_run_id)
+    # The CV run's own metrics never start with system/: MLflow's compare page plots a run's first metric.
+    assert not [k for k in parent.data.metrics if k.startswith("system/")]
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    system_runs = [r for r in children if r.data.tags.get(ROLE_TAG) == "system"]
     if enabled:
-        assert CPU in system and MEMORY in system, system
+        (system_run,) = system_runs
+        # It ends as its CV run ends (here killed, like Ctrl-C).
+        assert system_run.info.run_name == "system metrics" and system_run.info.status == "KILLED"
+        assert {CPU, MEMORY} <= set(system_run.data.metrics), system_run.data.metrics
     else:
-        assert system == []
+        assert system_runs == []
 
 
 @pytest.mark.slow
@@ -86,7 +94,11 @@ def test_cli_run_has_system_metrics_by_default(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     (cv_run,) = client.search_runs([client.get_experiment_by_name("esc_sweep").experiment_id],
                                    filter_string=f"tags.`{ROLE_TAG}` = 'cv'")
-    assert {CPU, MEMORY} <= set(cv_run.data.metrics)
+    (system_run,) = client.search_runs([cv_run.info.experiment_id], filter_string=(
+        f"tags.`mlflow.parentRunId` = '{cv_run.info.run_id}' and tags.`{ROLE_TAG}` = 'system'"))
+    assert {CPU, MEMORY} <= set(system_run.data.metrics)
+    # The CV run's first metric (what MLflow's compare page plots first) is not a system metric.
+    assert not any(k.startswith("system/") for k in cv_run.data.metrics)
     assert cv_run.data.tags[STATUS_TAG] == "finished"
 
 

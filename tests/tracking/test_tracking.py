@@ -125,7 +125,7 @@ def _cv_runs(client: MlflowClient) -> list:
 
 
 def _children(client: MlflowClient, run_id: str, view=ViewType.ACTIVE_ONLY) -> dict[int, object]:
-    runs = _runs(client, f"tags.mlflow.parentRunId = '{run_id}'", view)
+    runs = _runs(client, f"tags.mlflow.parentRunId = '{run_id}' and tags.`esc_sweep.role` = 'fold'", view)
     by_fold = {int(r.data.tags["fold"]): r for r in runs}
     assert len(by_fold) == len(runs), f"two runs for one fold: {[r.data.tags['fold'] for r in runs]}"
     return by_fold
@@ -432,7 +432,9 @@ def test_ctrl_c_marks_parent_and_fold_run_killed(tmp_path):
 
     runs = _runs(client)
     assert {r.info.run_id for r in runs} >= {parent_id}
-    assert len(runs) == 2, [(r.info.run_name, r.info.status) for r in runs]  # parent + fold 1
+    # The CV run, fold 1 and the CV run's "system metrics" child, all KILLED.
+    assert sorted(r.data.tags["esc_sweep.role"] for r in runs) == ["cv", "fold", "system"], [
+        (r.info.run_name, r.info.status) for r in runs]
     assert {r.info.status for r in runs} == {"KILLED"}
     assert all(r.info.end_time for r in runs)
 
@@ -445,9 +447,9 @@ def test_training_error_marks_runs_failed(tmp_path):
     assert "validation loss is nan" in out.stdout + out.stderr
     client = MlflowClient(_sqlite_uri(tmp_path))
     runs = _runs(client)
-    assert sorted(r.data.tags["esc_sweep.role"] for r in runs) == ["cv", "fold"]
-    for run in runs:
-        assert run.info.status == "FAILED"
+    assert sorted(r.data.tags["esc_sweep.role"] for r in runs) == ["cv", "fold", "system"]
+    assert {r.info.status for r in runs} == {"FAILED"}
+    for run in [r for r in runs if r.data.tags["esc_sweep.role"] != "system"]:
         assert run.data.tags["esc_sweep.error"].startswith("NonFiniteLossError: fold 1, epoch 1")
     (fold,) = [r for r in runs if r.data.tags["esc_sweep.role"] == "fold"]
     assert _steps(client, fold.info.run_id, "val_acc") == []  # the NaN epoch never reached the curves
