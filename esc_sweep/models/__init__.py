@@ -11,19 +11,24 @@
 - ``weights.py`` finds and loads ``model.weights``; ``init_from.py`` copies a trained model's
   weights (``model.init_from``); ``record.py`` is what a bundle records about its model.
 
-Adding a model: a module that defines it and registers it (``@register_model("name")``), its import
-below, and ``conf/model/<name>.yaml``.
+Adding a model: one module here that defines it and registers it (``@register_model("name")``; it is
+imported below with the others), and ``conf/model/<name>.yaml``.
 """
 
 from __future__ import annotations
 
-# Importing a family's module registers its models.
-from esc_sweep.models import baseline, panns, mobilenet, hf  # noqa: F401  (this order: named checkpoints' order)
+import importlib
+import pkgutil
+
 from esc_sweep.models.classifier import RECALIBRATION_BATCHES, Classifier, Standardize, count_parameters
 from esc_sweep.models.factory import create_backbone, create_model
 from esc_sweep.models.hf import checkpoint_front_end_mismatches
 from esc_sweep.models.record import FRONT_END_KEYS, front_end_record, portable_model_config
 from esc_sweep.models.registry import PretrainedCfg, get_pretrained_cfg, is_model, list_models, register_model
+
+# Every module of this package is imported, so a family's module registers its models by being here.
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "RECALIBRATION_BATCHES", "Classifier", "FRONT_END_KEYS", "PretrainedCfg", "Standardize",

@@ -1,7 +1,7 @@
 """The model registry, as timm's ``_registry.py``: names -> builders, and what each one's weights expect.
 
 It knows no model by name: each family registers its own in its module, beside the class
-(``@register_model("panns_cnn14", pretrained_cfg=...)``), and ``esc_sweep.models`` imports those
+(``@register_model("my_net", pretrained_cfg=...)``), and ``esc_sweep.models`` imports those
 modules. ``esc_sweep.models.create_model`` (``factory.py``) builds a registered name, or hands any
 other name to timm.
 
@@ -26,7 +26,7 @@ class PretrainedCfg:
 
     ``front_end``: the conf/front_end option (``conf/front_end/<name>.yaml``) holding the ``features.*``
     values the weights were trained with; the model's yaml composes that file, so it is written once.
-    ``checkpoints``: named checkpoints ``model.weights`` may give (``panns:cnn14`` -> URL).
+    ``checkpoints``: named checkpoints ``model.weights`` may give (``family:name`` -> URL).
     ``convert``: the original checkpoint's state dict -> this module's names.
     """
 
@@ -68,5 +68,5 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
 
 
 def named_checkpoints() -> dict[str, str]:
-    """Every registered family's named checkpoints (``model.weights=panns:cnn14``) -> URL."""
+    """Every registered family's named checkpoints (``model.weights=family:name``) -> URL."""
     return {key: url for cfg in _PRETRAINED.values() for key, url in cfg.checkpoints.items()}
