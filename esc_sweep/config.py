@@ -113,24 +113,29 @@ class FeaturesConfig:
 
 @dataclass
 class ModelConfig:
-    # "baseline_cnn" or any timm model name (resnet18, efficientnet_b0, ...).
+    """model.*: which network, and how it starts (esc_sweep/models/; conf/model/<option>.yaml)."""
+
+    # A registered model (esc_sweep.models.list_models(): baseline_cnn, panns_cnn6/10/14,
+    # efficientat_mn01 ... mn10, hf) or any other timm model name (resnet18, efficientnet_b0, ...).
     name: str = "baseline_cnn"
-    pretrained: bool = False
-    dropout: float = 0.2
-    drop_path: float = 0.0
+    pretrained: bool = False  # timm models only: ImageNet weights (needs internet)
+    dropout: float = 0.2  # before the classifier (PANNs: also inside the trunk); unused by hf (hidden_dropout_prob)
+    drop_path: float = 0.0  # timm models only: stochastic depth rate
     # Start from a trained esc_sweep bundle (fine-tuning; new classifier head).
     init_from: Optional[str] = None
-    # baseline_cnn width; ignored by timm models.
+    # Channels of the first stage of baseline_cnn and the PANNs (64: the published PANNs); ignored by
+    # timm, EfficientAT and hf models.
     width: int = 32
-    # Extra keyword arguments for timm.create_model.
+    # Extra keyword arguments for timm.create_model; for model.name=hf, hf_config (a transformers config).
     kwargs: Dict[str, Any] = field(default_factory=dict)
     # Pretrained weights (docs/transfer.md): a local file or folder, an http(s) URL (downloaded once
     # into the weights cache, resumable), a named checkpoint (panns:cnn14, efficientat:mn10_as) or,
     # for model.name=hf, a Hugging Face hub id. The classifier head always starts fresh.
     weights: Optional[str] = None
     weights_sha256: Optional[str] = None  # pin the weights file: a mismatch deletes it and stops
-    # The front end the weights expect (features.* keys: sample_rate, n_mels, ...), set by the
-    # model's yaml; with model.weights, features.* that differ are refused (or warned about).
+    # The front end the weights expect (features.* keys: sample_rate, n_mels, ...), composed by the
+    # model's yaml from conf/model/front_end/; with model.weights, features.* that differ are refused
+    # (or warned about). Empty for models without published audio weights.
     front_end: Dict[str, Any] = field(default_factory=dict)
     front_end_check: str = "refuse"  # refuse | warn
     # full: train everything; linear_probe: frozen backbone, only the head learns;

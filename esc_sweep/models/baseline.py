@@ -3,9 +3,12 @@
 Piczak's net used two wide convolutions on log-mel patches; this keeps the
 idea (few layers, heavy pooling, dropout) with batch norm and global pooling
 so it trains in minutes on a CPU and works for any input size.
+Registered as ``baseline_cnn`` (``conf/model/baseline_cnn.yaml``).
 """
 
 from torch import nn
+
+from esc_sweep.models.registry import register_model
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -30,3 +33,8 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+@register_model("baseline_cnn")
+def baseline_cnn(cfg, num_classes: int, **kwargs) -> BaselineCNN:
+    return BaselineCNN(num_classes, width=cfg.width, dropout=cfg.dropout)

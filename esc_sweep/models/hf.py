@@ -16,6 +16,8 @@ The input adapter applies the extractor's remaining steps: zero-padded or cut to
 ``max_length`` frames, then ``(x - mean) / (2 * std)`` with its statistics. The
 result equals the extractor's ``input_values`` bit for bit, quiet and silent input included
 (tests/models/test_parity.py, tests/models/test_front_end_fixtures.py).
+
+Registered as ``hf`` (``conf/model/ast.yaml``).
 """
 
 from __future__ import annotations
@@ -29,13 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from esc_sweep.errors import ConfigError, DownloadError
+from esc_sweep.models.registry import PretrainedCfg, register_model
+from esc_sweep.models.weights import resolve_weights
 
-# ASTFeatureExtractor's settings (transformers): 16 kHz Kaldi fbank, 25 ms Hann window, 10 ms hop,
-# 128 bins from 20 Hz, natural log, AudioSet mean and std; as features.* keys (conf/model/ast.yaml).
-AST_FRONT_END = {
-    "kind": "fbank", "sample_rate": 16000, "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 128,
-    "f_min": 20.0, "f_max": 8000.0, "normalize": "none",
-}
+# ASTFeatureExtractor's settings (transformers) as features.* keys are conf/front_end/ast.yaml: 16 kHz
+# Kaldi fbank, 25 ms Hann window, 10 ms hop, 128 bins from 20 Hz, natural log; its AudioSet mean and std:
 AST_MEAN, AST_STD = -4.2677393, 4.5689974
 # Models whose main input is a [frames, mel bins] filter bank, like AST's.
 SPECTROGRAM_MODEL_TYPES = ("audio-spectrogram-transformer",)
@@ -156,3 +156,29 @@ def build_hf(cfg: Any, num_classes: int, source: Optional[str]) -> HFAudioClassi
         settings = {**_extractor_settings(None), **(extractor or {})}
     # The position embeddings fix the number of frames: the config's max_length, whatever the extractor says.
     return HFAudioClassifier(model, settings["mean"], settings["std"], config.max_length, settings["sample_rate"])
+
+
+@register_model("hf", PretrainedCfg(front_end="ast"))
+def hf(cfg: Any, num_classes: int, num_bins: int = 128, **kwargs) -> HFAudioClassifier:
+    """``model.weights``: a hub id or a local ``save_pretrained`` folder; without, ``model.kwargs.hf_config``."""
+    source = None
+    if cfg.weights:
+        # A local folder is used as is; anything else that is not a file we know is a hub id.
+        local = Path(str(cfg.weights)).expanduser()
+        source = str(resolve_weights(cfg.weights)) if local.exists() else str(cfg.weights)
+    model = build_hf(cfg, num_classes, source)
+    if model.model.config.num_mel_bins != num_bins:
+        raise ConfigError(f"features.n_mels={num_bins}: model.name=hf ({cfg.weights or 'model.kwargs.hf_config'}) "
+                          f"reads {model.model.config.num_mel_bins} mel bins; set features.n_mels to match")
+    return model
+
+
+def checkpoint_front_end_mismatches(model: nn.Module, features: Any) -> dict[str, tuple[Any, Any]]:
+    """What a loaded checkpoint's own feature extractor expects (``expected_front_end``) against ``features.*``:
+    {key: (have, want)}; empty for models that carry no such record (all but ``hf``).
+
+    ``esc_sweep.config.front_end_mismatches`` checks ``model.front_end`` (the yaml's) before anything loads;
+    this checks what the loaded checkpoint itself says.
+    """
+    expected = getattr(getattr(model, "backbone", model), "expected_front_end", {})
+    return {k: (getattr(features, k, None), v) for k, v in expected.items() if getattr(features, k, None) != v}

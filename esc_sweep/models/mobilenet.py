@@ -24,7 +24,11 @@ Front end. EfficientAT's weights saw ``(ln(mel + 1e-5) + 4.5) / 5`` of a pre-emp
   has no pre-emphasis and HTK triangles. A mel spectrogram cannot be un-pre-emphasised exactly, so
   ``prepare`` multiplies each band by the pre-emphasis filter's mean power gain over that band:
   correlation 0.995-1.000 and mean difference 0.0006-0.023 on the same signals (before: 0.70-0.92
-  and 1.1-2.3). ``create_model`` tells the model which of the two it gets (``front_end``).
+  and 1.1-2.3). The registered builder tells the model which of the two it gets (``front_end``, from
+  ``features.kind``).
+
+Registered as ``efficientat_mn01`` ... ``efficientat_mn10``, one per published checkpoint (``CHECKPOINTS``;
+``conf/model/efficientat_*.yaml``).
 """
 
 from __future__ import annotations
@@ -36,18 +40,16 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
-from torchvision.ops.misc import Conv2dNormActivation
 
 # The exact front end lives with the other feature kinds (features.kind=efficientat); re-exported here.
 from esc_sweep.features.transforms import PRE_EMPHASIS, EfficientATMel, kaldi_mel_filters  # noqa: F401
+from esc_sweep.models.registry import PretrainedCfg, register_model
+from esc_sweep.models.weights import load_model_weights
 
-# What EfficientAT's weights were trained with (its AugmentMelSTFT at evaluation): 32 kHz, 25 ms
-# window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB floor, pre-emphasis and
-# Kaldi's triangles (features.kind=efficientat; mel_scale does not apply to it).
-FRONT_END = {
-    "kind": "efficientat", "sample_rate": 32000, "n_fft": 1024, "win_length": 800, "hop_length": 320, "n_mels": 128,
-    "f_min": 0.0, "f_max": 15000.0, "top_db": None, "mel_scale": "htk", "normalize": "none",
-}
+# EfficientAT's weights were trained with conf/front_end/efficientat.yaml (its AugmentMelSTFT at
+# evaluation): 32 kHz, 25 ms window in a 1024-point FFT, 10 ms hop, 128 mel bands up to 15 kHz, no dB
+# floor, pre-emphasis and Kaldi's triangles (features.kind=efficientat; mel_scale does not apply to it).
+N_MELS = 128
 
 _RELEASES = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 # Named checkpoints (``model.weights=efficientat:mn10_as``): AudioSet-trained releases.
@@ -131,6 +133,9 @@ class InvertedResidual(nn.Module):
     def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, use_se: bool, activation: str,
                  stride: int):
         super().__init__()
+        # deferred: torchvision takes ~4 s to import; only building this family needs it
+        from torchvision.ops.misc import Conv2dNormActivation
+
         act = nn.Hardswish if activation == "HS" else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != c_in:
@@ -154,13 +159,16 @@ class MobileNetAudio(nn.Module):
     def __init__(self, num_classes: int, width_mult: float = 1.0, dropout: float = 0.2, front_end: str = "mel"):
         """``front_end``: what the input is, ``mel`` (esc_sweep's plain HTK log-mel, corrected per band for
         the missing pre-emphasis) or ``efficientat`` (``EfficientATMel``'s output, used as is)."""
+        # deferred: torchvision takes ~4 s to import; only building this family needs it
+        from torchvision.ops.misc import Conv2dNormActivation
+
         super().__init__()
         if front_end not in ("mel", "efficientat"):
             raise ValueError(f"front_end={front_end!r}: expected 'mel' or 'efficientat'")
         self.front_end = front_end
         self.family = f"EfficientAT mn{round(width_mult * 10):02d}"  # how messages name it
         # Not in the state dict: derived from the front end, and EfficientAT's checkpoints do not have it.
-        gain = pre_emphasis_band_gain() if front_end == "mel" else torch.ones(FRONT_END["n_mels"])
+        gain = pre_emphasis_band_gain() if front_end == "mel" else torch.ones(N_MELS)
         self.register_buffer("band_gain", gain.view(1, 1, -1, 1), persistent=False)
         adjust = lambda c: make_divisible(c * width_mult)  # noqa: E731
         settings = [(adjust(i), k, adjust(e), adjust(o), se, a, s) for i, k, e, o, se, a, s in _LARGE]
@@ -222,3 +230,23 @@ def width_of(name: str) -> float:
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An EfficientAT checkpoint -> our keys: the same, less the AudioSet logits layer."""
     return {k: v for k, v in state.items() if not k.startswith("classifier.5.")}
+
+
+def _register(checkpoint: str) -> None:
+    """``efficientat:mn05_as`` -> the model ``efficientat_mn05`` (width 0.5) that loads it."""
+    name = "efficientat_" + checkpoint.split(":", 1)[1].removesuffix("_as")
+
+    def build(cfg, num_classes: int, features_kind: str = "mel", **kwargs) -> MobileNetAudio:
+        # features.kind=efficientat is EfficientAT's own front end, used as is; any other kind is
+        # esc_sweep's plain log-mel, which the model corrects per band for the missing pre-emphasis.
+        front_end = "efficientat" if features_kind == "efficientat" else "mel"
+        model = MobileNetAudio(num_classes, width_mult=width_of(name), dropout=cfg.dropout, front_end=front_end)
+        return load_model_weights(model, cfg, convert_state_dict)
+
+    register_model(name, PretrainedCfg(front_end="efficientat", checkpoints={checkpoint: CHECKPOINTS[checkpoint]},
+                                       convert=convert_state_dict))(build)
+
+
+# One model per published checkpoint width (mn01, mn02, mn04, mn05, mn10).
+for _checkpoint in CHECKPOINTS:
+    _register(_checkpoint)

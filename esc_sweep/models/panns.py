@@ -4,8 +4,11 @@ The trunk of ``audioset_tagging_cnn/pytorch/models.py`` with the same module
 names (``bn0``, ``conv_block1.conv1``, ..., ``fc1``), so an original checkpoint
 loads after ``convert_state_dict`` drops what esc_sweep does elsewhere: the
 waveform front end (``spectrogram_extractor.*``, ``logmel_extractor.*``: our
-features compute the same log-mel, see ``FRONT_END``) and the AudioSet head
+features compute the same log-mel, ``conf/front_end/panns.yaml``) and the AudioSet head
 (``fc_audioset.*``: a fresh ``head`` is sized for the new classes).
+
+Registered as ``panns_cnn6``, ``panns_cnn10`` and ``panns_cnn14`` (one per ``ARCHITECTURES`` entry;
+``conf/model/panns_*.yaml``).
 
 Input: esc_sweep's decibel log-mel [B, 1, mels, frames]; the original trunk
 reads [B, 1, frames, mels], so the forward transposes first. ``width`` scales
@@ -19,14 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# What the published checkpoints were trained with (features.* keys): 32 kHz, 1024-point FFT,
-# 10 ms hop, 64 Slaney mel bands over 50-14000 Hz, power in dB without a floor; bn0 normalises.
-# esc_sweep's features.kind=mel with these keys is torchlibrosa's log-mel: mean difference <= 0.003 dB
-# on a chirp, noise, a clip, the clip at -40 dB and silence (tests/models/test_front_end_fixtures.py).
-FRONT_END = {
-    "kind": "mel", "sample_rate": 32000, "n_fft": 1024, "win_length": None, "hop_length": 320, "n_mels": 64,
-    "f_min": 50.0, "f_max": 14000.0, "top_db": None, "mel_scale": "slaney", "normalize": "none",
-}
+from esc_sweep.models.registry import PretrainedCfg, register_model
+from esc_sweep.models.weights import load_model_weights
+
+# The front end the published checkpoints were trained with is conf/front_end/panns.yaml (32 kHz,
+# 1024-point FFT, 10 ms hop, 64 Slaney mel bands over 50-14000 Hz, power in dB without a floor; bn0
+# normalises). esc_sweep's features.kind=mel with those keys is torchlibrosa's log-mel: mean difference
+# <= 0.003 dB on a chirp, noise, a clip, the clip at -40 dB and silence (tests/models/test_front_end_fixtures.py).
 
 # Named checkpoints (``model.weights=panns:cnn14``): the authors' Zenodo record 3987831.
 CHECKPOINTS = {
@@ -127,3 +129,17 @@ class PANN(nn.Module):
 def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """An original PANNs checkpoint (``{"model": state}`` or a bare state) -> our trunk's keys."""
     return {k: v for k, v in state.items() if not k.startswith(DROPPED_PREFIXES)}
+
+
+def _register(arch: str) -> None:
+    def build(cfg, num_classes: int, num_bins: int = 64, **kwargs) -> PANN:
+        model = PANN(arch, num_classes, n_mels=num_bins, width=cfg.width, dropout=cfg.dropout)
+        return load_model_weights(model, cfg, convert_state_dict)
+
+    checkpoint = f"panns:{arch}"
+    register_model(f"panns_{arch}", PretrainedCfg(front_end="panns", checkpoints={checkpoint: CHECKPOINTS[checkpoint]},
+                                                  convert=convert_state_dict))(build)
+
+
+for _arch in ARCHITECTURES:
+    _register(_arch)

@@ -8,7 +8,8 @@ What a user may name:
   with the dataset downloader's resumable, atomic mechanism (``esc_sweep.data.download``):
   bytes go to ``<file>.part``, a rerun resumes with an HTTP Range request, and the file
   appears under its final name only when complete (and verified, with ``model.weights_sha256``);
-- a named checkpoint, e.g. ``panns:cnn14`` or ``efficientat:mn10_as`` (``NAMED_CHECKPOINTS``);
+- a named checkpoint, e.g. ``panns:cnn14`` or ``efficientat:mn10_as`` (each family's ``PretrainedCfg.checkpoints``,
+  ``esc_sweep.models.registry.named_checkpoints``);
 - ``hf-hub:<repo id>/<file>``: one file of a Hugging Face hub repository (its own cache);
 - for ``model.name=hf`` only, a hub id such as ``MIT/ast-finetuned-audioset-10-10-0.4593``
   (``esc_sweep.models.hf``).
@@ -16,7 +17,8 @@ What a user may name:
 The original checkpoints name their tensors differently from esc_sweep (a
 waveform front end and an AudioSet head are inside them): each family's
 ``convert_state_dict`` maps them, and ``load_pretrained`` copies the result into
-a backbone, refusing (one line) weights of another architecture.
+a backbone, refusing (one line) weights of another architecture. A family's builder
+calls ``load_model_weights``, which does all three steps for ``model.weights``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,11 @@ from torch import nn
 
 from esc_sweep.data.download import download_file, file_sha256, normalize_sha256
 from esc_sweep.errors import ConfigError, DownloadError, damaged_file_reason
-from esc_sweep.models import mobilenet, panns
+from esc_sweep.models.registry import named_checkpoints
 from esc_sweep.paths import expand, weights_cache_dir
 
 log = logging.getLogger("esc_sweep")
 
-NAMED_CHECKPOINTS = {**panns.CHECKPOINTS, **mobilenet.CHECKPOINTS}
 OFFLINE_HINT = "no internet here? download it on a connected machine and set model.weights=<local file>"
 
 
@@ -48,7 +49,7 @@ def resolve_weights(source: str, sha256: Optional[str] = None, progress: bool = 
     """The local file or folder ``model.weights=source`` names, downloading it first when needed."""
     text = str(source).strip()
     sha256 = normalize_sha256(sha256, "model.weights_sha256")
-    url = NAMED_CHECKPOINTS.get(text.lower())
+    url = named_checkpoints().get(text.lower())
     if url is None and re.match(r"^https?://", text):
         url = text
     if url is not None:
@@ -67,7 +68,8 @@ def resolve_weights(source: str, sha256: Optional[str] = None, progress: bool = 
             raise ConfigError("model.weights_sha256 pins a single file; model.weights names a folder")
         return path
     prefix = text.split(":", 1)[0] + ":" if ":" in text else None
-    names = [n for n in NAMED_CHECKPOINTS if prefix and n.startswith(prefix)] or sorted(NAMED_CHECKPOINTS)
+    known = named_checkpoints()
+    names = [n for n in known if prefix and n.startswith(prefix)] or sorted(known)
     raise ConfigError(f"model.weights={text!r}: no such file or folder, and not a URL or a named checkpoint "
                       f"({', '.join(names)})")
 
@@ -172,6 +174,14 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"model.weights={path}: holds no state dict of tensors (found {found})")
     # Checkpoints saved from DataParallel prefix every key with "module.".
     return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_model_weights(backbone: nn.Module, cfg, convert: Callable[[dict], dict]) -> nn.Module:
+    """``backbone`` with ``model.weights`` loaded (a file, URL or named checkpoint) through ``convert``; as is without."""
+    if cfg.weights:
+        path = resolve_weights(cfg.weights, cfg.weights_sha256)
+        load_pretrained(backbone, read_checkpoint(path), convert, source=str(cfg.weights))
+    return backbone
 
 
 def load_pretrained(

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from esc_sweep.errors import ConfigError, EscSweepError
 from esc_sweep.features.augment import Augment
 from esc_sweep.features.transforms import build_features
-from esc_sweep.models import count_parameters, create_model, front_end_mismatches
+from esc_sweep.models import checkpoint_front_end_mismatches, count_parameters, create_model
 from esc_sweep.runtime import pick_device
 from esc_sweep.training.loop import autocast, make_trainee, train_step
 
@@ -81,7 +81,7 @@ def _check_checkpoint_front_end(cfg: DictConfig, model: torch.nn.Module) -> None
     """A checkpoint that names its own front end (an HF feature extractor) must agree with features.*."""
     if not cfg.model.weights:
         return
-    mismatches = front_end_mismatches(model, cfg.features)
+    mismatches = checkpoint_front_end_mismatches(model, cfg.features)
     if not mismatches:
         return
     line = (", ".join(f"features.{k}={have!r}" for k, (have, _) in mismatches.items())

@@ -90,12 +90,12 @@ class _OutOfMemoryNet(nn.Module):
 
 
 @register_model("test_oom_in_train")
-def _oom_in_train(cfg, num_classes):
+def _oom_in_train(cfg, num_classes, **kwargs):
     return _OutOfMemoryNet(num_classes, "train")
 
 
 @register_model("test_oom_in_eval")
-def _oom_in_eval(cfg, num_classes):
+def _oom_in_eval(cfg, num_classes, **kwargs):
     return _OutOfMemoryNet(num_classes, "eval")
 
 

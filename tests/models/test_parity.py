@@ -19,7 +19,7 @@ from torch import nn
 from esc_sweep.config import validate
 from esc_sweep.errors import ConfigError
 from esc_sweep.features.transforms import build_features
-from esc_sweep.models import count_parameters, create_model, front_end_mismatches, mobilenet
+from esc_sweep.models import checkpoint_front_end_mismatches, count_parameters, create_model, mobilenet
 from tests.models.reference import panns_reference_models
 
 
@@ -276,7 +276,7 @@ def test_ast_weights_refuse_another_front_end_kind(tiny_ast, compose_cfg):
         validate(cfg)
     # The checkpoint's own extractor says the same (what the dry run checks, whatever model.front_end says).
     ours = create_model(cfg.model, 5, "none", 32)
-    assert front_end_mismatches(ours, cfg.features) == {"kind": ("mel", "fbank")}
+    assert checkpoint_front_end_mismatches(ours, cfg.features) == {"kind": ("mel", "fbank")}
 
 
 def test_ast_layer_wise_lr_decay_finds_every_block(tiny_ast, compose_cfg):
