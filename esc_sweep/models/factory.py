@@ -6,6 +6,9 @@ name goes to ``timm.create_model`` with one input channel.
 
 from __future__ import annotations
 
+import inspect
+from typing import Any, Callable
+
 from torch import nn
 
 from esc_sweep.config import ModelConfig
@@ -23,7 +26,8 @@ def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64,
     """
     if is_model(cfg.name):
         kind = features_kind or dict(getattr(cfg, "front_end", None) or {}).get("kind") or "mel"
-        return model_entrypoint(cfg.name)(cfg, num_classes=num_classes, num_bins=num_bins, features_kind=kind)
+        builder = model_entrypoint(cfg.name)
+        return builder(cfg, num_classes, **_accepted(builder, num_bins=num_bins, features_kind=kind))
     if getattr(cfg, "weights", None):
         raise ConfigError(f"model.weights={cfg.weights}: loads into esc_sweep's families "
                           f"({', '.join(list_models())}); for timm models use model.pretrained or model.init_from")
@@ -70,3 +74,12 @@ def create_model(cfg: ModelConfig, num_classes: int, normalize: str, num_bins: i
         model.freeze_backbone(True)
         model.unfreeze_epoch = int(cfg.unfreeze_epoch) if finetune == "freeze_then_unfreeze" else 0
     return model
+
+
+def _accepted(builder: Callable[..., nn.Module], **optional: Any) -> dict[str, Any]:
+    """The optional arguments ``builder`` takes: a builder registered as ``(cfg, num_classes)``,
+    the original public form, keeps working beside ``(cfg, num_classes, **kwargs)`` ones."""
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return optional
+    return {name: value for name, value in optional.items() if name in parameters}

@@ -5,9 +5,9 @@ It knows no model by name: each family registers its own in its module, beside t
 modules. ``esc_sweep.models.create_model`` (``factory.py``) builds a registered name, or hands any
 other name to timm.
 
-A builder is called as ``builder(cfg, num_classes=..., num_bins=..., features_kind=...)``: ``cfg``
+A builder is called as ``builder(cfg, num_classes, num_bins=..., features_kind=...)``: ``cfg``
 is ``model.*`` (``ModelConfig``), ``num_bins`` the spectrogram's frequency bins, ``features_kind``
-``features.kind``. It takes ``**kwargs`` for the ones it does not use.
+``features.kind``; a builder that names neither (or takes ``**kwargs``) gets only what it takes.
 """
 
 from __future__ import annotations
