@@ -112,7 +112,62 @@ def _keep_tracking_uri_unchanged():
 _SPAWNS = ("run_cli(", "interrupt_cli(", "subprocess", "Popen", "trained_synthetic_run", "multiprocessing")
 
 
+# The marker is checked, not trusted: a `fast` test that starts a process fails (fixture below), so a
+# module whose source does not show its spawning (a helper in another module) cannot hide in the subset.
+# `git` is exempt: MLflow run tags read the commit through it, a few milliseconds.
+_EXEMPT_COMMANDS = ("git",)
+# A test not marked `slow` that runs longer than this is named at the end of the session.
+SLOW_SECONDS = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_process(request, monkeypatch):
+    if request.node.get_closest_marker("fast") is None:
+        yield
+        return
+    import multiprocessing.process  # deferred: only the fast tests' guard needs it
+
+    started: list[str] = []
+    popen_init = subprocess.Popen.__init__
+    process_start = multiprocessing.process.BaseProcess.start
+
+    def recording_popen_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if Path(str(argv[0]).split()[0]).name not in _EXEMPT_COMMANDS:
+            started.append(" ".join(map(str, argv))[:200])
+        popen_init(self, args, *rest, **kwargs)
+
+    def recording_start(self):
+        started.append(f"multiprocessing {self.name}")
+        process_start(self)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", recording_popen_init)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", recording_start)
+    yield
+    if started:
+        pytest.fail(f"marked fast (in-process) but started a process: {started[0]!r}; its module must "
+                    f"name how it spawns (one of {_SPAWNS}) so the marker leaves it out", pytrace=False)
+
+
+_DURATIONS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name the tests outside `slow` that took longer than SLOW_SECONDS: candidates for the marker."""
+    slow = {item.nodeid for item in getattr(config, "_esc_items", []) if item.get_closest_marker("slow")}
+    long = sorted(((t, n) for n, t in _DURATIONS.items() if t > SLOW_SECONDS and n not in slow), reverse=True)
+    if long:
+        terminalreporter.write_sep("-", f"{len(long)} tests outside 'slow' took over {SLOW_SECONDS:.0f} s")
+        for seconds, nodeid in long[:30]:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")
+
+
 def pytest_collection_modifyitems(config, items):
+    config._esc_items = items
     verdicts: dict[str, bool] = {}
     for item in items:
         path = str(item.fspath)
