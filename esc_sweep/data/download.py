@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Optional
 
-from esc_sweep.data import _opt
+from esc_sweep.data.clipset import option as _opt
 from esc_sweep.errors import DownloadError
 from esc_sweep.paths import download_dir
 

@@ -11,19 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 
-from esc_sweep.data import (
-    ClipSet,
-    _check_class_names,
-    _fingerprint,
-    _opt,
-    _remap_targets,
-    _require_classes,
-    _requested_classes,
-)
 from esc_sweep.data import audio as audio_mod
-from esc_sweep.data.cache import content_digests, default_cache_dir, load_waveforms
+from esc_sweep.data.clipset import ClipList, ClipSet, check_class_names, finish_clipset, protocol_of, requested_classes
+from esc_sweep.data.clipset import option as _opt
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.data.download import ensure_esc50
 from esc_sweep.errors import DataError
@@ -205,13 +196,13 @@ def _load_root(root: Path, dataset: Any, sample_rate: int, progress: bool) -> Cl
     label = str(_opt(dataset, "label", "target"))
     if label not in ("target", "category"):
         raise DataError(f"dataset.label={label!r} is unknown: use target (50 classes) or category (5 categories)")
+    if protocol_of(dataset) != "cv":
+        raise DataError("dataset.protocol=holdout: ESC-50 has no train/test split, only its 5 folds; use dataset.protocol=cv")
     esc10 = bool(_opt(dataset, "esc10", False))
-    requested = _requested_classes(dataset)
-    clip_seconds = float(_opt(dataset, "clip_seconds", 5.0))
-    num_samples = audio_mod.num_samples_for(clip_seconds, sample_rate)
+    requested = requested_classes(dataset)
     csv_path = root / "meta" / "esc50.csv"
 
-    # Decode (or fetch from the cache) every clip of the root, then select rows,
+    # Every clip of the root is decoded (or read from the cache), then rows are selected,
     # so all subsets of one root share one cache file.
     paths = find_audio_files(root, rows)
 
@@ -223,8 +214,8 @@ def _load_root(root: Path, dataset: Any, sample_rate: int, progress: bool) -> Cl
         if not keep:
             raise DataError(f"{csv_path} marks no clip as esc10=True: set dataset.esc10=false")
     if requested is not None:
-        _check_class_names(requested, sorted({r.category for r in rows}), str(csv_path))
-        wanted = set(requested)
+        check_class_names(requested, sorted({r.category for r in rows}), str(csv_path))
+        wanted = set(requested)  # fine class names, also with dataset.label=category
         keep = [i for i in keep if rows[i].category in wanted]
         present = {rows[i].category for i in keep}
         absent = [c for c in requested if c not in present]
@@ -241,58 +232,25 @@ def _load_root(root: Path, dataset: Any, sample_rate: int, progress: bool) -> Cl
                 f"{csv_path}: target(s) {too_big[:5]} are outside 0..49, so dataset.label=category "
                 f"cannot map them to the 5 ESC-50 categories; use dataset.label=target"
             )
-        raw = [rows[i].target // 10 for i in keep]
-        names_by_raw = dict(enumerate(CATEGORIES))
+        labels = [CATEGORIES[r.target // 10] if r.target < 10 * len(CATEGORIES) else r.category for r in rows]
+        order = list(CATEGORIES)
     else:
-        raw = [rows[i].target for i in keep]
-        names_by_raw = {rows[i].target: rows[i].category for i in keep}
-    targets, class_names = _remap_targets(raw, names_by_raw)
-    _require_classes(class_names, requested, str(csv_path))
-
-    all_ids = [r.stem for r in rows]
-    cache_dir = _opt(dataset, "cache_dir", None)
-    digests = content_digests(paths, root, default_cache_dir(cache_dir))
-    full = load_waveforms(
-        paths,
-        all_ids,
-        sample_rate,
-        num_samples,
-        cache_dir=cache_dir,
+        labels = [r.category for r in rows]
+        order = [name for _, name in sorted({r.target: r.category for r in rows}.items())]
+    clips = ClipList(
         root=root,
-        prefix="esc50",
-        description="Decoding ESC-50",
-        progress=progress,
-        digests=digests,
+        paths=paths,
+        clip_ids=[r.stem for r in rows],
+        labels=labels,
+        groups=[r.src_file or r.stem for r in rows],
+        where=str(csv_path),
+        folds=[r.fold for r in rows],
+        class_order=order,
+        keep=keep,
     )
-    index = torch.tensor(keep, dtype=torch.long)
-    waveforms = full.index_select(0, index).to(torch.float32) if len(keep) != len(rows) else full.to(torch.float32)
-    del full
-
-    clip_ids = [all_ids[i] for i in keep]
-    folds = torch.tensor([rows[i].fold for i in keep], dtype=torch.long)
-    # File contents, not just sizes: re-exported audio must not resume stale folds.
-    fingerprint = _fingerprint(
-        kind="esc50",
-        clip_ids=clip_ids,
-        content=[digests[i] for i in keep],
-        sample_rate=sample_rate,
-        num_samples=num_samples,
-        label=label,
-        classes=class_names,
-        targets=targets.tolist(),
-        folds=folds.tolist(),
-    )
-    return ClipSet(
-        waveforms=waveforms,
-        targets=targets,
-        folds=folds,
-        class_names=class_names,
-        clip_ids=clip_ids,
-        groups=[rows[i].src_file or rows[i].stem for i in keep],
-        sample_rate=sample_rate,
-        num_folds=NUM_FOLDS,
-        fingerprint=fingerprint,
-    )
+    return finish_clipset(dataset, clips, sample_rate, kind="esc50", num_folds=NUM_FOLDS, label_mode=label,
+                          prefix="esc50", description="Decoding ESC-50", progress=progress,
+                          select_classes=False)
 
 
 def _int(value: Any, column: str, csv_path: Path, line: int) -> int:

@@ -3,9 +3,10 @@
 Two layouts under ``dataset.root``:
 
 * class sub-folders: ``root/<class name>/**/<clip>.<ext>``;
-* a CSV (``dataset.csv``) with columns ``filename,label[,fold]``, filenames
-  relative to the root. A relative ``dataset.csv`` is looked up in the root
-  first, then in the working directory.
+* a CSV (``dataset.csv``) with columns ``filename,label[,fold][,split]``,
+  filenames relative to the root. A relative ``dataset.csv`` is looked up in
+  the root first, then in the working directory. With ``dataset.protocol=holdout``
+  the ``split`` column (``train`` / ``test``) is the split and folds are not used.
 
 Class names are sorted; target ``t`` is ``class_names[t]``. Without a fold
 column the clips are split into ``dataset.num_folds`` stratified folds
@@ -23,17 +24,9 @@ from typing import Any, Optional
 
 import torch
 
-from esc_sweep.data import (
-    ClipSet,
-    _check_class_names,
-    _fingerprint,
-    _opt,
-    _remap_targets,
-    _require_classes,
-    _requested_classes,
-)
 from esc_sweep.data import audio as audio_mod
-from esc_sweep.data.cache import content_digests, default_cache_dir, load_waveforms
+from esc_sweep.data.clipset import ClipList, ClipSet, finish_clipset, protocol_of
+from esc_sweep.data.clipset import option as _opt
 from esc_sweep.data.csvfile import read_csv_rows
 from esc_sweep.data.files import FileKey, walk_audio_files
 from esc_sweep.errors import DataError
@@ -112,8 +105,11 @@ def _rel(path: Path, root: Path) -> str:
     return Path(path).relative_to(root).as_posix()
 
 
-def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str, str]], Optional[list[int]]]:
-    """``(relative path, label)`` per row, and the folds when the CSV has a fold column."""
+def read_csv(
+    root: Path, csv_path: Path, num_folds: int, need_split: bool = False
+) -> tuple[list[tuple[str, str]], Optional[list[int]], Optional[list[str]]]:
+    """``(relative path, label)`` per row, the folds when the CSV has a fold column, the splits when it has a
+    split column (``need_split``: it must; the folds are then not read)."""
     header, raw_rows = read_csv_rows(
         csv_path, ("filename", "label"), "filename,label[,fold]",
         utf8_fix="save it as UTF-8 with columns filename,label[,fold]",
@@ -121,7 +117,12 @@ def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str
         empty_fix="add rows filename,label[,fold]",
     )
 
-    has_fold = "fold" in header
+    has_split = "split" in header
+    if need_split and not has_split:
+        raise DataError(f"{csv_path} has no split column: dataset.protocol=holdout needs columns "
+                        f"filename,label,split (split = train or test), or set dataset.protocol=cv")
+    has_fold = "fold" in header and not need_split
+    splits: list[str] = []
     items: list[tuple[str, str]] = []
     folds: list[int] = []
     seen: dict[str, int] = {}
@@ -134,6 +135,8 @@ def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str
             raise DataError(f"{csv_path} lists {filename!r} twice (lines {seen[filename]} and {line}): remove the duplicate row")
         seen[filename] = line
         items.append((filename, label))
+        if has_split:
+            splits.append((raw.get("split") or "").strip().lower())
         if has_fold:
             text = (raw.get("fold") or "").strip()
             try:
@@ -145,7 +148,7 @@ def read_csv(root: Path, csv_path: Path, num_folds: int) -> tuple[list[tuple[str
                     f"{csv_path} line {line}: fold {fold} is outside 1..{num_folds}: fix the fold or set dataset.num_folds"
                 )
             folds.append(fold)
-    return items, (folds if has_fold else None)
+    return items, (folds if has_fold else None), (splits if has_split else None)
 
 
 def stratified_folds(labels: list[int], num_folds: int, where: str) -> list[int]:
@@ -194,13 +197,12 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
     label_mode = str(_opt(dataset, "label", "target"))
     if label_mode != "target":
         raise DataError(f"dataset.label={label_mode!r} is only defined for ESC-50: use dataset.label=target for kind=folder")
-    clip_seconds = float(_opt(dataset, "clip_seconds", 5.0))
-    num_samples = audio_mod.num_samples_for(clip_seconds, sample_rate)
+    protocol = protocol_of(dataset)
     csv_name = _opt(dataset, "csv", None)
-
+    splits = None
     if csv_name:
         csv_path = resolve_csv(root, str(csv_name))
-        items, given_folds = read_csv(root, csv_path, num_folds)
+        items, given_folds, splits = read_csv(root, csv_path, num_folds, need_split=protocol == "holdout")
         where = str(csv_path)
         # Existence only: a listed FIFO or folder gets its own error when read.
         missing = [rel for rel, _ in items if not os.path.lexists(root / rel)]
@@ -210,77 +212,47 @@ def load_folder(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSe
                 f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}; fix the filenames (relative to dataset.root)"
             )
     else:
+        if protocol == "holdout":
+            raise DataError("dataset.protocol=holdout needs dataset.csv with a split column (train/test): "
+                            "class sub-folders have no split")
         items = scan_subfolders(root)
         given_folds = None
         where = str(root)
 
     names = sorted({label for _, label in items})
-    raw_targets = [names.index(label) for _, label in items]
-    if given_folds is None:
-        folds_all = stratified_folds(raw_targets, num_folds, where)
-    else:
-        folds_all = given_folds
-        empty = sorted(set(range(1, num_folds + 1)) - set(folds_all))
-        if empty:
-            raise DataError(
-                f"{where}: fold(s) {empty} have no clips: every fold 1..{num_folds} needs clips "
-                f"(fix the fold column or set dataset.num_folds)"
-            )
+    folds_all: Optional[list[int]] = None
+    if protocol == "cv":
+        if given_folds is None:
+            folds_all = stratified_folds([names.index(label) for _, label in items], num_folds, where)
+        else:
+            folds_all = given_folds
+            empty = sorted(set(range(1, num_folds + 1)) - set(folds_all))
+            if empty:
+                raise DataError(
+                    f"{where}: fold(s) {empty} have no clips: every fold 1..{num_folds} needs clips "
+                    f"(fix the fold column or set dataset.num_folds)"
+                )
 
-    paths = [root / rel for rel, _ in items]
     # Ids are shown and logged (tables, figures, MLflow): a name that is not UTF-8 gets \\xNN escapes.
     # The paths keep the bytes on disk, so the file itself is still read.
-    clip_ids_all = [printable_text(os.path.splitext(rel)[0]) for rel, _ in items]
-    keep = list(range(len(items)))
-    requested = _requested_classes(dataset)
-    if requested is not None:
-        _check_class_names(requested, names, where)
-        wanted = set(requested)
-        keep = [i for i in keep if items[i][1] in wanted]
-    targets, class_names = _remap_targets([raw_targets[i] for i in keep], dict(enumerate(names)))
-    _require_classes(class_names, requested, where, fix=": add a sub-folder (or CSV label) per class")
-    _require_clips_per_fold(targets.tolist(), class_names, num_folds, where)
-
-    cache_dir = _opt(dataset, "cache_dir", None)
-    digests = content_digests(paths, root, default_cache_dir(cache_dir))
-    full = load_waveforms(
-        paths,
-        clip_ids_all,
-        sample_rate,
-        num_samples,
-        cache_dir=cache_dir,
-        digests=digests,
+    clip_ids = [printable_text(os.path.splitext(rel)[0]) for rel, _ in items]
+    clips = ClipList(
         root=root,
-        prefix=f"folder-{_opt(dataset, 'name', 'folder')}",
-        description=f"Decoding {_opt(dataset, 'name', 'folder')}",
-        progress=progress,
-    )
-    index = torch.tensor(keep, dtype=torch.long)
-    waveforms = full.index_select(0, index).to(torch.float32)
-    del full
-
-    clip_ids = [clip_ids_all[i] for i in keep]
-    folds = torch.tensor([folds_all[i] for i in keep], dtype=torch.long)
-    fingerprint = _fingerprint(
-        kind="folder",
+        paths=[root / rel for rel, _ in items],
         clip_ids=clip_ids,
-        # File contents, not just sizes: re-exported audio must not resume stale folds.
-        content=[digests[i] for i in keep],
-        sample_rate=sample_rate,
-        num_samples=num_samples,
-        label=label_mode,
-        classes=class_names,
-        targets=targets.tolist(),
-        folds=folds.tolist(),
-    )
-    return ClipSet(
-        waveforms=waveforms,
-        targets=targets,
-        folds=folds,
-        class_names=class_names,
-        clip_ids=clip_ids,
+        labels=[label for _, label in items],
         groups=list(clip_ids),
-        sample_rate=sample_rate,
-        num_folds=num_folds,
-        fingerprint=fingerprint,
+        where=where,
+        folds=folds_all,
+        splits=splits if protocol == "holdout" else None,
+        class_order=names,
     )
+
+    def check(targets: torch.Tensor, class_names: list[str], folds: list[int]) -> None:
+        if protocol == "cv":
+            _require_clips_per_fold(targets.tolist(), class_names, num_folds, where)
+
+    return finish_clipset(dataset, clips, sample_rate, kind="folder", num_folds=num_folds, protocol=protocol,
+                          label_mode=label_mode, prefix=f"folder-{_opt(dataset, 'name', 'folder')}",
+                          description=f"Decoding {_opt(dataset, 'name', 'folder')}", progress=progress,
+                          before_decode=check, class_fix=": add a sub-folder (or CSV label) per class")

@@ -15,15 +15,13 @@ from typing import Any
 
 import torch
 
-from esc_sweep.data import (
-    ClipSet,
-    _check_class_names,
-    _fingerprint,
-    _opt,
-    _remap_targets,
-    _require_classes,
-    _requested_classes,
-)
+from esc_sweep.data.clipset import ClipSet
+from esc_sweep.data.clipset import check_class_names as _check_class_names
+from esc_sweep.data.clipset import fingerprint_of as _fingerprint
+from esc_sweep.data.clipset import option as _opt
+from esc_sweep.data.clipset import remap_targets as _remap_targets
+from esc_sweep.data.clipset import require_classes as _require_classes
+from esc_sweep.data.clipset import requested_classes as _requested_classes
 from esc_sweep.data.audio import num_samples_for
 from esc_sweep.errors import DataError
 
