@@ -43,8 +43,16 @@ class DatasetBase:
     # "target" = 50 fine classes, "category" = the 5 major ESC-50 categories.
     label: str = "target"
     classes: Optional[List[str]] = None  # keep only these class names
+    # Fixed-length clips: every clip cut or zero-padded to this length. With variable_length: the length
+    # of the training crops and of the evaluation windows (and of predict's windows).
     clip_seconds: float = 5.0
     num_folds: int = 5
+    # cv: the folds (trainer.folds, default all of them); holdout: an official train/test split (a split
+    # column: fsdkaggle2018, or a folder CSV with split=train/test): train on train, score test once.
+    protocol: str = "cv"
+    # Keep every clip whole (int16, data/ragged.py): train on random clip_seconds crops, evaluate over
+    # the whole clip with predict's windows and averaging. False: every clip cut/padded to clip_seconds.
+    variable_length: bool = False
 
 
 @dataclass
@@ -80,8 +88,45 @@ class FolderDatasetConfig(DatasetBase):
     csv: Optional[str] = None
 
 
+# Official UrbanSound8K archive (Zenodo record 1203745). Zenodo publishes its MD5 (soundata's index has
+# the same); no SHA-256 is published, so archive_sha256 stays optional.
+URBANSOUND8K_URL = "https://zenodo.org/record/1203745/files/UrbanSound8K.tar.gz?download=1"
+URBANSOUND8K_MD5 = "9aa69802bbf37fb986f71ec1483a196e"
+
+
+@dataclass
+class UrbanSound8KDatasetConfig(DatasetBase):
+    """dataset.kind=urbansound8k: the official release layout, 10 folds, found at dataset.root /
+    $URBANSOUND8K_ROOT or downloaded."""
+
+    kind: str = "urbansound8k"
+    name: str = "urbansound8k"
+    clip_seconds: float = 4.0
+    num_folds: int = 10
+    download: bool = True
+    url: str = URBANSOUND8K_URL
+    archive_md5: Optional[str] = URBANSOUND8K_MD5
+    archive_sha256: Optional[str] = None
+    download_dir: Optional[str] = None  # default: ~/.cache/esc_sweep/datasets
+
+
+@dataclass
+class FSDKaggle2018DatasetConfig(DatasetBase):
+    """dataset.kind=fsdkaggle2018: the official Zenodo layout, train/test split (holdout), 41 classes."""
+
+    kind: str = "fsdkaggle2018"
+    name: str = "fsdkaggle2018"
+    protocol: str = "holdout"
+    num_folds: int = 1
+    variable_length: bool = True
+    clip_seconds: float = 2.0
+    manually_verified_only: bool = False  # train on the ~40 % of training labels a person verified
+    unverified_weight: float = 1.0  # loss weight of a clip whose label was not verified (0..1)
+
+
 # dataset.kind -> its schema, stored as dataset_<kind>_schema (each conf/dataset/*.yaml names its own in `defaults`).
-DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, "folder": FolderDatasetConfig}
+DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, "folder": FolderDatasetConfig,
+                   "urbansound8k": UrbanSound8KDatasetConfig, "fsdkaggle2018": FSDKaggle2018DatasetConfig}
 
 
 @dataclass
@@ -211,7 +256,9 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC activations: faster convolutions on GPU and CPU
     seed: int = 0
     deterministic: bool = True
-    folds: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    # Default: every fold of the chosen data set (5 for ESC-50, 10 for UrbanSound8K, [1] = the test split of a
+    # holdout), through the esc_sweep_all_folds resolver (register_configs).
+    folds: List[int] = "${esc_sweep_all_folds:${dataset.num_folds},${dataset.protocol}}"  # type: ignore[assignment]
     # Repeat the whole CV this many times with seeds seed, seed+1, ... (the folds stay the official
     # ones): accuracy mean and std over repeats x folds, plus the seed-to-seed spread. Costs N runs.
     repeats: int = 1
@@ -310,7 +357,20 @@ def register_configs() -> None:
     # started in the same second (or on two machines sharing a folder) never share an output folder.
     if not OmegaConf.has_resolver("esc_sweep_run_tag"):
         OmegaConf.register_resolver("esc_sweep_run_tag", _run_tag, use_cache=True)
+    # ${esc_sweep_all_folds:${dataset.num_folds},${dataset.protocol}}: trainer.folds' default, every fold
+    # of the chosen data set (5 for ESC-50, 10 for UrbanSound8K, the one test split of a holdout).
+    if not OmegaConf.has_resolver("esc_sweep_all_folds"):
+        OmegaConf.register_resolver("esc_sweep_all_folds", all_folds)
 
+
+def all_folds(num_folds: Any, protocol: Any = "cv") -> list[int]:
+    """Every fold of a data set: 1..num_folds, or [1] (the test split) for a holdout."""
+    if str(protocol) == "holdout":
+        return [1]
+    try:
+        return list(range(1, int(num_folds) + 1))
+    except (TypeError, ValueError):
+        return [1, 2, 3, 4, 5]  # validate() names the bad dataset.num_folds
 
 def _run_tag() -> str:
     return f"{os.getpid()}{secrets.token_hex(2)}"
@@ -371,7 +431,8 @@ def dataset_override_problems(args: list[str]) -> list[str]:
 
 
 _CHOICES = {
-    "dataset.kind": ("esc50", "synthetic", "folder"),
+    "dataset.kind": tuple(DATASET_SCHEMAS),
+    "dataset.protocol": ("cv", "holdout"),
     "dataset.label": ("target", "category"),
     "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat"),
     "features.normalize": ("dataset", "instance", "none"),
@@ -469,12 +530,13 @@ def validate(cfg: Any) -> None:
     num_folds = _get(cfg, "dataset.num_folds")
     folds = list(_get(cfg, "trainer.folds") or [])
     check(len(folds) > 0, "trainer.folds", "must name at least one fold")
-    if isinstance(num_folds, int) and num_folds > 0:
+    if isinstance(num_folds, int) and num_folds > 0 and _get(cfg, "dataset.protocol") != "holdout":
         bad = [f for f in folds if not (isinstance(f, int) and 1 <= f <= num_folds)]
         check(not bad, "trainer.folds", f"folds must be between 1 and {num_folds}")
     check(len(set(folds)) == len(folds), "trainer.folds", "must not repeat a fold")
     if _get(cfg, "dataset.kind") == "esc50":
         check(num_folds == 5, "dataset.num_folds", "ESC-50 has exactly 5 official folds")
+    problems += _dataset_problems(cfg)
     if _get(cfg, "dataset.kind") == "synthetic":
         check(_get(cfg, "dataset.num_classes") >= 2, "dataset.num_classes", "must be >= 2")
         check(
@@ -529,6 +591,47 @@ def validate(cfg: Any) -> None:
 
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+# The kinds whose data can carry a train/test split, and those that have folds.
+_HOLDOUT_KINDS = ("folder", "fsdkaggle2018")
+_CV_KINDS = ("esc50", "synthetic", "folder", "urbansound8k")
+
+
+def _dataset_problems(cfg: Any) -> list[str]:
+    """dataset.protocol, variable_length and their neighbours, before any file is read."""
+    kind, protocol = _get(cfg, "dataset.kind"), _get(cfg, "dataset.protocol")
+    problems = []
+    if protocol == "holdout" and kind not in _HOLDOUT_KINDS:
+        problems.append(f"dataset.protocol=holdout: dataset.kind={kind} has no train/test split, only folds; "
+                        f"use dataset.protocol=cv (holdout: {', '.join(_HOLDOUT_KINDS)} with a split column)")
+    if protocol == "holdout" and kind == "folder" and not _get(cfg, "dataset.csv"):
+        problems.append("dataset.protocol=holdout: set dataset.csv to a CSV with columns filename,label,split "
+                        "(split = train or test); class sub-folders have no split")
+    if protocol == "cv" and kind not in _CV_KINDS:
+        problems.append(f"dataset.protocol=cv: dataset.kind={kind} has an official train/test split and no folds; "
+                        f"use dataset.protocol=holdout")
+    folds = list(_get(cfg, "trainer.folds") or [])
+    if protocol == "holdout" and folds != [1]:
+        problems.append(f"trainer.folds={folds}: a holdout has one test split, fold 1; drop the override "
+                        f"(the default is every fold of the data set) or set trainer.folds=[1]")
+    variable = bool(_get(cfg, "dataset.variable_length"))
+    if variable and kind == "synthetic":
+        problems.append("dataset.variable_length=true: generated tones all have dataset.clip_seconds; set it false")
+    if variable and int(_get(cfg, "trainer.tta_crops") or 0) > 1:
+        problems.append("trainer.tta_crops: with dataset.variable_length=true every clip is already scored over "
+                        "all its windows (predict's); set trainer.tta_crops=0")
+    if variable and _get(cfg, "trainer.distill") is not None and _get(cfg, "trainer.distill.teacher"):
+        problems.append("trainer.distill.teacher: distillation needs fixed-length clips; set "
+                        "dataset.variable_length=false")
+    if variable and float(_get(cfg, "augmentation.crop_seconds") or 0) > 0:
+        problems.append("augmentation.crop_seconds: with dataset.variable_length=true the training crops are "
+                        "dataset.clip_seconds long already; set augmentation.crop_seconds=0")
+    if kind == "fsdkaggle2018":
+        weight = _get(cfg, "dataset.unverified_weight")
+        if not (_finite(weight) and 0 <= weight <= 1):
+            problems.append(f"dataset.unverified_weight={weight!r}: must be between 0 and 1")
+    return problems
 
 
 def _distill_problems(cfg: Any) -> list[str]:

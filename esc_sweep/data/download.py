@@ -5,9 +5,11 @@
   With ``sha256`` the finished file is verified; a mismatch deletes it.
 * ``safe_extract``: unzips, refusing any entry that would land outside the
   target folder (``..`` components, absolute paths, symbolic links).
-* ``ensure_esc50``: both of the above into ``dataset.download_dir`` (default
-  ``~/.cache/esc_sweep/datasets``), then finds the folder holding
-  ``meta/esc50.csv`` (the upstream zip wraps it in ``ESC-50-master/``).
+* ``ensure_archive``: both of the above into ``dataset.download_dir`` (default
+  ``~/.cache/esc_sweep/datasets``), then finds the folder holding the data
+  set's marker file; ``ensure_esc50`` (``meta/esc50.csv``, the upstream zip
+  wraps it in ``ESC-50-master/``) and UrbanSound8K (a .tar.gz holding
+  ``UrbanSound8K/metadata/UrbanSound8K.csv``, MD5-verified) use it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import shutil
 import socket
 import stat
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -46,35 +49,48 @@ class CorruptArchiveError(DownloadError):
 
 def ensure_esc50(dataset: Any, progress: bool = True) -> Path:
     """Download (if needed) and extract ESC-50; return the folder holding meta/esc50.csv."""
+    return ensure_archive(dataset, "esc50", Path("meta") / "esc50.csv", "ESC-50", progress=progress)
+
+
+def ensure_archive(dataset: Any, prefix: str, marker_file: Path, title: str, progress: bool = True) -> Path:
+    """Download (if needed, resuming) and extract the archive at ``dataset.url``; return the folder of the
+    extracted tree that holds ``marker_file`` (e.g. ``meta/esc50.csv``).
+
+    The archive is verified against ``dataset.archive_sha256`` and/or ``dataset.archive_md5`` when set
+    (Zenodo publishes MD5s), extracted into a temporary folder beside it and moved into place in one
+    step, so an interrupted extraction never looks complete. Zip and tar (.tar.gz, .tgz) archives.
+    """
     url = str(_opt(dataset, "url", "") or "")
     if not url:
-        raise DownloadError("dataset.url is empty: set it to the ESC-50 archive URL or set dataset.root")
+        raise DownloadError(f"dataset.url is empty: set it to the {title} archive URL or set dataset.root")
     sha256 = normalize_sha256(_opt(dataset, "archive_sha256", None))
+    md5 = normalize_md5(_opt(dataset, "archive_md5", None))
     base = download_dir(_opt(dataset, "download_dir", None))
     key = hashlib.sha256(url.encode()).hexdigest()[:10]
-    extract_dir = base / f"esc50-{key}"
+    extract_dir = base / f"{prefix}-{key}"
     marker = extract_dir / _MARKER
 
     if marker.is_file():
         root = extract_dir / marker.read_text().strip()
-        if (root / "meta" / "esc50.csv").is_file():
+        if (root / marker_file).is_file():
             return root
 
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"cannot create download folder {base}: {exc.strerror or exc}; set dataset.download_dir") from None
-    archive = base / f"esc50-{key}.zip"
-    download_file(url, archive, sha256=sha256, progress=progress, description="Downloading ESC-50")
+    suffix = ".tar.gz" if _is_tar_name(url) else ".zip"
+    archive = base / f"{prefix}-{key}{suffix}"
+    download_file(url, archive, sha256=sha256, md5=md5, progress=progress, description=f"Downloading {title}")
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".esc50-{key}.", dir=base))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-{key}.", dir=base))
     try:
         try:
             safe_extract(archive, tmp)
         except CorruptArchiveError:
             archive.unlink(missing_ok=True)  # a rerun downloads it again
             raise
-        root = find_dataset_root(tmp)
+        root = find_dataset_root(tmp, marker_file=marker_file, title=title)
         if extract_dir.exists():
             shutil.rmtree(extract_dir)
         os.replace(tmp, extract_dir)
@@ -83,8 +99,24 @@ def ensure_esc50(dataset: Any, progress: bool = True) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     relative = root.relative_to(tmp)
     (extract_dir / _MARKER).write_text(relative.as_posix() or ".")
-    archive.unlink(missing_ok=True)  # extracted; the zip is no longer needed
+    archive.unlink(missing_ok=True)  # extracted; the archive is no longer needed
     return extract_dir / relative
+
+
+def _is_tar_name(url: str) -> bool:
+    path = url.split("?", 1)[0].lower()
+    return path.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def normalize_md5(value: Optional[str], key: str = "dataset.archive_md5") -> Optional[str]:
+    if value is None or str(value).strip() == "":
+        return None
+    text = str(value).strip().lower()
+    if text.startswith("md5:"):
+        text = text[len("md5:") :]
+    if not re.fullmatch(r"[0-9a-f]{32}", text):
+        raise DownloadError(f"{key}={value!r} is not an MD5 hex digest (32 hex digits)")
+    return text
 
 
 def normalize_sha256(value: Optional[str], key: str = "dataset.archive_sha256") -> Optional[str]:
@@ -115,6 +147,7 @@ def download_file(
     timeout: float = 60.0,
     hint: Optional[str] = None,
     checksum_key: str = "dataset.archive_sha256",
+    md5: Optional[str] = None,
 ) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify, return ``dest``.
 
@@ -123,9 +156,11 @@ def download_file(
     """
     dest = Path(dest)
     sha256 = normalize_sha256(sha256, checksum_key)
+    md5 = normalize_md5(md5)
     if dest.is_file():
         try:
             _verify(dest, url, sha256, checksum_key)
+            _verify_md5(dest, url, md5)
             return dest
         except DownloadError:
             # Complete and verified when it was downloaded: it was damaged since. _verify deleted it.
@@ -146,6 +181,7 @@ def download_file(
         if attempt == 1:
             raise DownloadError(f"download of {url} could not be resumed or restarted: delete {part} and retry")
     _verify(part, url, sha256, checksum_key)
+    _verify_md5(part, url, md5)
     os.replace(part, dest)
     return dest
 
@@ -220,9 +256,26 @@ def _verify(path: Path, url: str, sha256: Optional[str], key: str = "dataset.arc
         )
 
 
+def _verify_md5(path: Path, url: str, md5: Optional[str], key: str = "dataset.archive_md5") -> None:
+    if md5 is None:
+        return
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != md5:
+        path.unlink(missing_ok=True)
+        raise DownloadError(
+            f"checksum mismatch for {path} (from {url}): expected md5 {md5}, got {h.hexdigest()}; the file was "
+            f"deleted: fix {key} or retry the download"
+        )
+
+
 def safe_extract(archive: Path, target: Path) -> list[Path]:
-    """Extract a zip into ``target``; refuse entries that would escape it. Returns the files written."""
+    """Extract a zip or tar archive into ``target``; refuse entries that would escape it. Returns the files written."""
     archive, target = Path(archive), Path(target)
+    if tarfile.is_tarfile(archive):
+        return _safe_extract_tar(archive, target)
     target.mkdir(parents=True, exist_ok=True)
     base = target.resolve()
     try:
@@ -257,22 +310,44 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
         raise DownloadError(f"cannot extract {archive} into {target}: {exc.strerror or exc}") from None
 
 
-def find_dataset_root(folder: Path, max_depth: int = 3) -> Path:
-    """The folder under ``folder`` (itself included) that holds ``meta/esc50.csv``."""
+def _safe_extract_tar(archive: Path, target: Path) -> list[Path]:
+    """A tar archive through tarfile's ``data`` filter: no absolute paths, no ``..``, no links out of
+    ``target``, no device files (PEP 706)."""
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for member in members:
+                if member.issym() or member.islnk():
+                    raise DownloadError(f"refusing to extract {archive}: entry {member.name!r} is a link")
+            tf.extractall(target, filter="data")
+    except tarfile.FilterError as exc:
+        raise DownloadError(f"refusing to extract {archive}: {exc}") from None
+    except (tarfile.TarError, zlib.error, EOFError) as exc:
+        raise CorruptArchiveError(f"archive {archive} is corrupt or not a tar file ({exc}): delete it and download again") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot extract {archive} into {target}: {exc.strerror or exc}") from None
+    return [target / m.name for m in members if m.isfile()]
+
+
+def find_dataset_root(folder: Path, max_depth: int = 3, marker_file: Path = Path("meta") / "esc50.csv",
+                      title: str = "ESC-50") -> Path:
+    """The folder under ``folder`` (itself included) that holds ``marker_file`` (default ``meta/esc50.csv``)."""
     folder = Path(folder)
     level = [folder]
     for _ in range(max_depth + 1):
-        hits = [d for d in level if (d / "meta" / "esc50.csv").is_file()]
+        hits = [d for d in level if (d / marker_file).is_file()]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
             raise DownloadError(
-                f"{folder} holds several ESC-50 copies ({', '.join(str(h) for h in hits[:3])}): set dataset.root to one"
+                f"{folder} holds several {title} copies ({', '.join(str(h) for h in hits[:3])}): set dataset.root to one"
             )
         level = sorted(c for d in level for c in d.iterdir() if c.is_dir() and not c.is_symlink())
         if not level:
             break
-    raise DownloadError(f"the extracted archive in {folder} has no meta/esc50.csv: check dataset.url points at the ESC-50 zip")
+    raise DownloadError(f"the extracted archive in {folder} has no {Path(marker_file).as_posix()}: check dataset.url "
+                        f"points at the {title} archive")
 
 
 def _bar(enabled: bool):
