@@ -272,6 +272,9 @@ class TrainerConfig:
     #   test_fold - the held-out fold itself decides (the usual ESC-50 practice): optimistic
     validation: str = "none"
     inner_fraction: float = 0.15  # share of the training clips held out for trainer.validation=inner
+    # What a sweep maximises (the value the run returns): acc (accuracy) or map3 (mean average precision at 3,
+    # FSDKaggle2018's metric); read on the inner split with validation=inner, else on the test folds.
+    objective: str = "acc"
     # Stop a fold when the deciding accuracy (inner or test fold) has not improved for this many
     # epochs (0: off). Needs trainer.validation=inner or test_fold.
     early_stopping_patience: int = 0
@@ -438,6 +441,7 @@ _CHOICES = {
     "features.normalize": ("dataset", "instance", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
     "trainer.validation": ("none", "inner", "test_fold"),
+    "trainer.objective": ("acc", "map3"),
     "features.mel_scale": ("htk", "slaney"),
     "model.finetune": ("full", "linear_probe", "freeze_then_unfreeze"),
     "model.front_end_check": ("refuse", "warn"),

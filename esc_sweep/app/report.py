@@ -46,11 +46,18 @@ def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)
     tta = all(getattr(f, "val_acc_tta", None) is not None for f in cv.folds)
     if tta:
         columns.insert(2, "val acc TTA")
+    # MAP@3 (FSDKaggle2018's metric) beside accuracy and F1: for a holdout or when it is the objective.
+    map3 = (cv.protocol == "holdout" or cv.objective_metric == "map3") and all(
+        getattr(f, "val_map3", None) is not None for f in cv.folds)
+    if map3:
+        columns.insert(columns.index("val F1") + 1, "val MAP@3")
     for column in columns:
         table.add_column(column, justify="right", no_wrap=True)
 
-    def row(*cells, inner_cell="", tta_cell="", **style):
+    def row(*cells, inner_cell="", tta_cell="", map3_cell="", **style):
         cells = list(cells)
+        if map3:
+            cells.insert(5, map3_cell)
         if inner:
             cells.insert(2, inner_cell)
         if tta:
@@ -62,20 +69,22 @@ def results_table(cv: CVResult, title: str = "Cross-validation (accuracies in %)
         row(f"r{f.repeat} f{f.fold}" if repeats else str(f.fold), _pct(f.val_acc), _pct(f.train_acc), f"{100 * f.gap:+.1f}", f"{f.val_f1:.3f}",
             f"{f.val_loss:.3f}", str(f.epochs), f"{f.seconds:.0f}",
             inner_cell=_pct(f.inner_acc) if f.inner_acc is not None else "-",
-            tta_cell=_pct(f.val_acc_tta) if tta else "")
+            tta_cell=_pct(f.val_acc_tta) if tta else "", map3_cell=f"{f.val_map3:.3f}" if map3 else "")
     s = cv.summary()
     table.add_section()
     row("mean", _pct(s["cv_val_acc_mean"]), _pct(s["cv_train_acc_mean"]), f"{100 * s['cv_gap_mean']:+.1f}",
         f"{s['cv_val_f1_mean']:.3f}", f"{s['cv_val_loss_mean']:.3f}", "",
         f"{statistics.fmean(f.seconds for f in cv.folds):.0f}", style="bold",  # per fold, like the rows above
         inner_cell=_pct(s["cv_inner_acc_mean"]) if "cv_inner_acc_mean" in s else "",
-        tta_cell=_pct(s["cv_val_acc_tta_mean"]) if "cv_val_acc_tta_mean" in s else "")
+        tta_cell=_pct(s["cv_val_acc_tta_mean"]) if "cv_val_acc_tta_mean" in s else "",
+        map3_cell=f"{s['cv_val_map3_mean']:.3f}" if "cv_val_map3_mean" in s else "")
     if len(cv.folds) < 2:  # one fold has no spread to show
         return table
     row("± std", _pct(s["cv_val_acc_std"]), _pct(s["cv_train_acc_std"]), _pct(s["cv_gap_std"]),
         f"{s['cv_val_f1_std']:.3f}", f"{s['cv_val_loss_std']:.3f}", "", "",
         inner_cell=_pct(s["cv_inner_acc_std"]) if "cv_inner_acc_std" in s else "",
-        tta_cell=_pct(s["cv_val_acc_tta_std"]) if "cv_val_acc_tta_std" in s else "")
+        tta_cell=_pct(s["cv_val_acc_tta_std"]) if "cv_val_acc_tta_std" in s else "",
+        map3_cell=f"{s['cv_val_map3_std']:.3f}" if "cv_val_map3_std" in s else "")
     return table
 
 

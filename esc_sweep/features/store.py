@@ -66,3 +66,44 @@ def _compute_with_progress(extractor: torch.nn.Module, waveforms: torch.Tensor, 
             chunks.append(compute_features(extractor, chunk, device, batch_size=_CHUNK))
             bar.advance(len(chunk))
     return torch.cat(chunks)
+
+
+class WindowedSpectrograms:
+    """Variable-length clips (``dataset.variable_length``): features computed per batch from the int16 clips.
+
+    ``source[index]`` gives a random ``dataset.clip_seconds`` crop of each clip (a new one each time: the
+    training batches and the normalisation statistics); ``windows`` gives ``predict``'s windows over the
+    whole clips (evaluation). Nothing is precomputed: the clips differ in length, and a crop's spectrogram
+    costs less than the model's forward pass on it.
+    """
+
+    precomputed = False
+
+    def __init__(self, cfg: DictConfig, clips: ClipSet, device: torch.device):
+        self.extractor = build_features(cfg.features).to(device)
+        self.audio = clips.ragged.to(device)
+        self.window = int(clips.window_samples)
+        self.num_bins = self[torch.zeros(1, dtype=torch.long, device=device)].shape[2]
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.extractor(self.audio.random_crops(index, self.window))
+
+    def batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+        for chunk in index.split(batch_size):
+            yield self[chunk]
+
+    def windows(self, index: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(spectrograms, owner: position in ``index``, weight: share of real audio) per batch of windows."""
+        owner, starts, weight = self.audio.evaluation_windows(index, self.window)
+        for chunk in torch.arange(len(owner), device=owner.device).split(batch_size):
+            with torch.no_grad():
+                x = self.extractor(self.audio.windows(index[owner[chunk]], starts[chunk], self.window))
+            yield x, owner[chunk], weight[chunk]
+
+
+def feature_source(cfg: DictConfig, clips: ClipSet, device: torch.device):
+    """Spectrograms for fixed-length clips, WindowedSpectrograms for variable-length ones."""
+    if clips.ragged is not None:
+        return WindowedSpectrograms(cfg, clips, device)
+    return Spectrograms(cfg, clips, device)

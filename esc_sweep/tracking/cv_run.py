@@ -99,7 +99,9 @@ from esc_sweep.tracking.system_metrics import start_system_metrics, system_run
 
 # Per-fold values the CV run logs with step = fold number, beside their means (cv_<key>_mean).
 # inner_acc: only with trainer.validation=inner; val_acc_tta: only with trainer.tta_crops > 1.
-PER_FOLD_KEYS = ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss", "inner_acc", "val_acc_tta")
+# val_map3: mean average precision at 3 (FSDKaggle2018's metric).
+PER_FOLD_KEYS = ("val_acc", "train_acc", "gap", "val_f1", "val_loss", "train_loss", "inner_acc", "val_acc_tta",
+                 "val_map3")
 TOP_CONFUSED_PAIRS = 20
 # --------------------------------------------------------------------------
 # Params and tags
@@ -472,6 +474,8 @@ class MlflowTracker(Callback):
             finals.update(best_val_acc=best_acc, best_epoch=best_epoch)
         if result.val_acc_tta is not None:
             finals["final_val_acc_tta"] = result.val_acc_tta
+        if result.val_map3 is not None:
+            finals["final_val_map3"] = result.val_map3
         _log_metrics(self.client, run_id, finals, step=result.epochs)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
         from esc_sweep.figures import results as figures  # deferred: matplotlib (~3 s), until a figure is drawn

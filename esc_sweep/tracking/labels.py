@@ -34,6 +34,7 @@ CLASSES_TAG = "esc_sweep.classes"  # "dog,rain,..." or "sha256:<12 hex>" when th
 FOLDS_TAG = "esc_sweep.folds"  # the folds that were run, "1,2,3,4,5"
 NUM_FOLDS_TAG = "esc_sweep.num_folds"  # how many folds were run
 SELECTION_TAG = "esc_sweep.selection"  # trainer.validation: none | inner | test_fold
+PROTOCOL_TAG = "esc_sweep.protocol"  # dataset.protocol: cv (folds) | holdout (the official train/test split)
 RECIPE_TAG = "esc_sweep.recipe"  # the `experiment` config chosen, or "none"
 COMPARE_KEY_TAG = "esc_sweep.compare_key"  # hash of (dataset, fingerprint, classes, folds, selection)
 # For people: the dataset as the runs table should show it (``esc50[5 classes]`` for a class subset) and
@@ -129,6 +130,7 @@ def run_labels(cfg: Any, class_names: Sequence[str], fingerprint: str) -> dict[s
         FOLDS_TAG: folds_label(folds),
         NUM_FOLDS_TAG: str(len(folds)),
         SELECTION_TAG: selection,
+        PROTOCOL_TAG: str(OmegaConf.select(cfg, "dataset.protocol", default=None) or "cv"),
         RECIPE_TAG: recipe(cfg),
         COMPARE_KEY_TAG: compare_key(tags[DATASET_TAG], fingerprint, class_names, folds, selection),
     })
@@ -144,7 +146,8 @@ def folds_phrase(folds: Sequence[int] | str) -> str:
 
 
 def run_name(labels: Mapping[str, str], trial_number: int | None = None) -> str:
-    """``resnet18 · esc50[5 classes] · 5 folds · 30 ep``: short, what tells runs apart first.
+    """``resnet18 · esc50[5 classes] · 5 folds · 30 ep`` (``... · fsdkaggle2018 · holdout · ...``): short,
+    what tells runs apart first.
 
     The runs table shows about 20 characters of a name: the model leads; the features kind is
     named only when it is not the default log-mel; ``trial-4-`` in front for a sweep's trial.
@@ -153,7 +156,8 @@ def run_name(labels: Mapping[str, str], trial_number: int | None = None) -> str:
     if labels.get(FEATURES_TAG, "mel") != "mel":
         parts.append(labels[FEATURES_TAG])
     parts.append(labels.get(DATASET_LABEL_TAG) or labels[DATASET_TAG])
-    parts.append(folds_phrase(labels[FOLDS_TAG]))
+    # A holdout's one "fold" is the official test split: say so, not "fold 1".
+    parts.append("holdout" if labels.get(PROTOCOL_TAG) == "holdout" else folds_phrase(labels[FOLDS_TAG]))
     if labels.get(EPOCHS_TAG):
         parts.append(f"{labels[EPOCHS_TAG]} ep")
     name = " · ".join(parts)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.data import ClipSet, load_clipset
 from esc_sweep.errors import ConfigError, OutOfMemoryError
-from esc_sweep.features.store import Spectrograms
+from esc_sweep.features.store import Spectrograms, feature_source
 from esc_sweep.paths import checkpoint_dir
 from esc_sweep.runtime import pick_device, seed_everything
 from esc_sweep.training.callbacks import Callback, CallbackList
@@ -36,7 +36,7 @@ from esc_sweep.training.splits import inner_split
 def prepare(cfg: DictConfig, device: torch.device) -> tuple[ClipSet, Spectrograms, torch.Tensor]:
     """Load clips, move them to the device and compute their features."""
     clips = load_clipset(cfg.dataset, cfg.features.sample_rate, progress=cfg.trainer.progress)
-    spectrograms = Spectrograms(cfg, clips, device)
+    spectrograms = feature_source(cfg, clips, device)
     return clips, spectrograms, clips.targets.to(device)
 
 
@@ -81,6 +81,7 @@ def run_fold(
         val_index=torch.nonzero(folds == fold).squeeze(1),
         select_index=select_index,
         teacher=teacher,
+        weights=clips.weights.to(device) if clips.weights is not None else None,
     )
     try:
         progress = checkpoints.progress(fold, cfg.trainer.checkpoint_every) if checkpoints is not None else None
@@ -92,7 +93,10 @@ def run_fold(
         ) from err
     last = history[-1]
     inner = [h["inner_acc"] for h in history if "inner_acc" in h]
+    inner_map3 = [h["inner_map3"] for h in history if "inner_map3" in h]
     return FoldResult(
+        val_map3=val.get("map3"),
+        inner_map3=inner_map3[-1] if inner_map3 else None,
         inner_acc=inner[-1] if inner else None,
         fold=fold,
         val_acc=val["acc"],
@@ -170,8 +174,10 @@ def cross_validate(
                       validation=cfg.trainer.validation, checkpoint_dir=checkpoints[0].directory,
                       checkpoint_dirs=[c.directory for c in checkpoints],
                       dataset=str(cfg.dataset.name), fingerprint=str(clips.fingerprint),
-                      dataset_folds=int(torch.unique(clips.folds).numel()),
-                      distill=_distill_record(teacher, cfg, clips, device))
+                      dataset_folds=(clips.num_folds if clips.protocol == "holdout"
+                                     else int(torch.unique(clips.folds).numel())),
+                      distill=_distill_record(teacher, cfg, clips, device),
+                      protocol=clips.protocol, objective_metric=str(cfg.trainer.objective))
         callbacks.on_cv_end(cv)
     except BaseException as error:  # Ctrl-C included: trackers mark their runs KILLED / FAILED
         callbacks.on_exception(error)

@@ -33,6 +33,7 @@ from esc_sweep.training.callbacks import Callback
 from esc_sweep.training.checkpoint import FoldProgress
 from esc_sweep.training.optim import build_optimizer, build_scheduler
 from esc_sweep.training.tta import evaluate_tta
+from esc_sweep.training.windows import evaluate_windows
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TrainingData:
     val_index: torch.Tensor | None  # the held-out (test) fold; None when training on everything (final fit)
     select_index: torch.Tensor | None = None  # the inner validation split (trainer.validation=inner)
     teacher: Any = None  # distill.TeacherTargets: the teacher's probabilities and the loss (trainer.distill)
+    weights: torch.Tensor | None = None  # per-clip loss weight on the device (dataset.unverified_weight); None: 1
 
 
 @dataclass
@@ -128,10 +130,22 @@ def train_step(trainee: Trainee, x: torch.Tensor, soft_targets: torch.Tensor) ->
 def evaluate(
     model: nn.Module, data: TrainingData, index: torch.Tensor, cfg: DictConfig, device: torch.device
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1 and confusion matrix of ``model`` on rows ``index``."""
+    """Loss, accuracy, macro-F1, MAP@3 and confusion matrix of ``model`` on rows ``index``.
+
+    Variable-length clips (``dataset.variable_length``) are scored whole, over predict's windows
+    (``training/windows.py``).
+    """
     model.eval()
+    if hasattr(data.spectrograms, "windows"):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if cfg.trainer.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(cfg, device):
+                return model(x)
+
+        return evaluate_windows(model, data, index, cfg, device, forward)
     loss_sum = torch.zeros((), device=device)
-    predictions = []
+    predictions, top3 = [], []
     for batch_index in index.split(cfg.trainer.eval_batch_size):
         x = data.spectrograms[batch_index]
         if cfg.trainer.channels_last:
@@ -140,11 +154,14 @@ def evaluate(
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, data.targets[batch_index], reduction="sum")
         predictions.append(logits.argmax(1))
+        top3.append(logits.topk(min(3, logits.shape[1]), dim=1).indices)
     confusion = metrics.confusion_matrix(data.targets[index], torch.cat(predictions), data.num_classes).cpu()
+    hits = torch.cat(top3) == data.targets[index][:, None]  # MAP@3 from the top 3 alone: no logits kept
     return {
         "loss": float(loss_sum) / len(index),
         "acc": metrics.accuracy(confusion),
         "f1": metrics.macro_f1(confusion),
+        "map3": float((hits.double() / torch.arange(1, hits.shape[1] + 1, device=hits.device)).sum(1).mean()),
         "confusion": confusion,
     }
 
@@ -307,6 +324,8 @@ def fit(
         for step in range(steps_per_epoch):
             batch_index = order[step * batch_size : (step + 1) * batch_size]
             targets = eye[data.targets[batch_index]]
+            if data.weights is not None:  # an unverified label counts dataset.unverified_weight of a verified one
+                targets = targets * data.weights[batch_index, None]
             if data.teacher is not None:  # distillation: the teacher's probabilities ride along (mixup mixes both)
                 targets = data.teacher.extend(targets, batch_index)
             x, soft_targets = augment(data.spectrograms[batch_index], targets)
@@ -324,10 +343,10 @@ def fit(
             record["train_eval_loss"] = train_eval["loss"]
         if data.select_index is not None and len(data.select_index):
             inner = evaluate(eval_model, data, data.select_index, cfg, device)
-            record.update(inner_loss=inner["loss"], inner_acc=inner["acc"])
+            record.update(inner_loss=inner["loss"], inner_acc=inner["acc"], inner_map3=inner["map3"])
         if data.val_index is not None:
             val = evaluate(eval_model, data, data.val_index, cfg, device)
-            record.update(val_loss=val["loss"], val_acc=val["acc"], val_f1=val["f1"])
+            record.update(val_loss=val["loss"], val_acc=val["acc"], val_f1=val["f1"], val_map3=val["map3"])
             if "train_acc" in record:
                 record["gap"] = record["train_acc"] - val["acc"]
         record["epoch_seconds"] = time.perf_counter() - started

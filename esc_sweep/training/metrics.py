@@ -27,3 +27,17 @@ def macro_f1(confusion: torch.Tensor) -> float:
 
 def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
     return (confusion.diagonal().double() / confusion.sum(1).clamp_min(1)).tolist()
+
+
+def map_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 3) -> float:
+    """Mean average precision at ``k`` with one true label per clip (the FSDKaggle2018 challenge's MAP@3).
+
+    A clip scores 1 when its label is the top prediction, 1/2 when second, ..., 1/k when k-th, 0 otherwise;
+    the mean over clips. With one label per clip this is the challenge's definition exactly.
+    """
+    if len(targets) == 0:
+        return float("nan")
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+    hits = top == targets.to(top.device)[:, None]
+    rank_weight = 1.0 / torch.arange(1, top.shape[1] + 1, device=top.device, dtype=torch.float64)
+    return float((hits.double() * rank_weight).sum(1).mean())

@@ -29,6 +29,9 @@ class FoldResult:
     # ``fit`` leaves it in the last epoch's record, where it is taken from when not given.
     val_acc_tta: Optional[float] = None
     repeat: int = 0  # which repeat of the CV (trainer.repeats): each repeat trains every fold with its own seed
+    # Mean average precision at 3 (FSDKaggle2018's metric; training/metrics.map_at_k) on the test fold / inner split.
+    val_map3: Optional[float] = None
+    inner_map3: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.val_acc_tta is None and self.history:
@@ -74,6 +77,8 @@ class CVResult:
     fingerprint: str = ""
     dataset_folds: int = 0  # folds the data set is split into (5 for ESC-50), whatever trainer.folds runs
     distill: dict[str, Any] | None = None  # trainer.distill: which teacher taught which fold (distill.describe)
+    protocol: str = "cv"  # dataset.protocol: cv (folds) or holdout (fold 1 is the official test split)
+    objective_metric: str = "acc"  # trainer.objective: acc | map3
     # Where the finished folds are kept; the caller marks the run complete there once its
     # results are safely written (not part of to_dict: a location, not a result).
     checkpoint_dir: Any = field(default=None, compare=False, repr=False)
@@ -112,6 +117,10 @@ class CVResult:
         inner = [f.inner_acc for f in self.folds]
         if inner and all(v is not None for v in inner):
             out["cv_inner_acc_mean"], out["cv_inner_acc_std"] = _mean_std(inner)
+        for name in ("val_map3", "inner_map3"):
+            values = [getattr(f, name) for f in self.folds]
+            if values and all(v is not None for v in values):
+                out[f"cv_{name}_mean"], out[f"cv_{name}_std"] = _mean_std(values)
         tta = [f.val_acc_tta for f in self.folds]
         if tta and all(v is not None for v in tta):
             out["cv_val_acc_tta_mean"], out["cv_val_acc_tta_std"] = _mean_std(tta)
@@ -126,8 +135,11 @@ class CVResult:
 
     @property
     def objective(self) -> float:
-        """What a sweep maximises: the inner score with trainer.validation=inner, else the test folds' mean."""
+        """What a sweep maximises: trainer.objective (accuracy or MAP@3) on the inner split with
+        trainer.validation=inner, else the test folds' mean."""
         summary = self.summary()
+        if self.objective_metric == "map3":
+            return summary.get("cv_inner_map3_mean", summary.get("cv_val_map3_mean", float("nan")))
         return summary.get("cv_inner_acc_mean", summary["cv_val_acc_mean"])
 
     def per_class_accuracy(self) -> dict[str, float]:
@@ -143,7 +155,9 @@ class CVResult:
             "seconds": self.seconds,
             "validation": self.validation,
             "selection": SELECTION_NOTES.get(self.validation, self.validation),
+            "objective": {"metric": self.objective_metric, "value": self.objective},
             "data": {"dataset": self.dataset, "fingerprint": self.fingerprint, "dataset_folds": self.dataset_folds,
+                     "protocol": self.protocol,
                      "folds": sorted({f.fold for f in self.folds}), "repeats": self.repeats},
             **({"distill": self.distill} if self.distill is not None else {}),
         }
