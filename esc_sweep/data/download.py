@@ -81,7 +81,9 @@ def ensure_archive(dataset: Any, prefix: str, marker_file: Path, title: str, pro
         raise DownloadError(f"cannot create download folder {base}: {exc.strerror or exc}; set dataset.download_dir") from None
     suffix = ".tar.gz" if _is_tar_name(url) else ".zip"
     archive = base / f"{prefix}-{key}{suffix}"
-    download_file(url, archive, sha256=sha256, md5=md5, progress=progress, description=f"Downloading {title}")
+    hint = None if prefix == "esc50" else "check dataset.url and the network, or set dataset.root"
+    download_file(url, archive, sha256=sha256, md5=md5, progress=progress, description=f"Downloading {title}",
+                  hint=hint)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-{key}.", dir=base))
     try:
