@@ -106,6 +106,11 @@ def _data_plots(out_dir: Path, clips: Any, bundle: Any, features_cfg: Any, max_c
     picks = pick_examples(clips.targets, clips.class_names, max_classes, clips_per_class)
     rows = [row for _, chosen in picks for row in chosen]
     row_of = {row: i for i, row in enumerate(rows)}
+    if clips.ragged is not None:  # variable-length clips: the shown clips' first windows (what predict sees first)
+        clips = clips.subset(torch.tensor(rows, dtype=torch.long)).with_first_windows()
+        picks = [(key, [row_of[r] for r in chosen]) for key, chosen in picks]
+        rows = list(range(len(rows)))
+        row_of = {row: row for row in rows}
     waveforms = clips.waveforms[rows].float()
     spectrograms = extractor(waveforms.to(device)).float().cpu()
     paths = []

@@ -30,7 +30,7 @@ import difflib
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -86,6 +86,15 @@ class ClipSet:
     def num_samples(self) -> int:
         """Samples per clip (fixed length), or per window (variable length)."""
         return self.window_samples if self.ragged is not None else int(self.waveforms.shape[-1])
+
+    def with_first_windows(self) -> "ClipSet":
+        """Variable-length clips as fixed-length ones: each clip's first window (zero-padded), float32.
+        For a few clips (figures): the whole set this way would cost window x N float32s."""
+        if self.ragged is None:
+            return self
+        rows = torch.arange(len(self), device=self.ragged.lengths.device)
+        waveforms = self.ragged.windows(rows, torch.zeros_like(rows), self.window_samples).cpu()
+        return replace(self, waveforms=waveforms, ragged=None)
 
     def subset(self, index: torch.Tensor) -> "ClipSet":
         """The selected rows (long indices or a bool mask); classes are unchanged."""
