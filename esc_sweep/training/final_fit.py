@@ -69,6 +69,7 @@ def final_fit(cfg: DictConfig, cv: Any, callbacks: list[Callback] | None = None,
         val_index=None,
         # trainer.distill: no clip is held out, so every model of the teacher teaches (probabilities averaged)
         teacher=fold_targets(read_teacher(cfg), cfg, clips, 0, device),
+        weights=clips.weights.to(device) if clips.weights is not None else None,  # dataset.unverified_weight
     )
     model, history, _ = fit(cfg, data, device, fold=0, callbacks=CallbackList(callbacks or []), init=init)
     last = history[-1]
