@@ -35,6 +35,14 @@ README = REPO / "README.md"
 BIN = Path(sys.executable).parent
 
 SKIPPED = {
+    "python -m esc_sweep experiment=quick_cpu dataset=urbansound8k dataset.root=/data/UrbanSound8K":
+        "a placeholder root (UrbanSound8K is 6 GB); tests/e2e/test_official_datasets_cli.py runs this recipe "
+        "on a generated tree in the official layout",
+    "python -m esc_sweep experiment=quick_cpu dataset=fsdkaggle2018 dataset.root=/data/fsdkaggle2018 "
+    "augmentation.crop_seconds=0 trainer.validation=inner trainer.objective=map3":
+        "a placeholder root; tests/e2e/test_official_datasets_cli.py runs it on a generated tree",
+    "python -m esc_sweep dataset=folder dataset.root=/data/clips dataset.csv=meta.csv dataset.protocol=holdout":
+        "a placeholder root; tests/data/test_official_datasets.py loads such a CSV",
     "python3 -m venv .venv && .venv/bin/pip install -q -c constraints.txt -e . && .venv/bin/python -m esc_sweep":
         "an install plus the full default job (5 folds of real ESC-50, hours on a CPU); "
         "tests/foundation/test_install.py checks the line",
