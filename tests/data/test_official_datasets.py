@@ -201,3 +201,25 @@ def test_map_at_3_is_the_challenges_definition(classes, n, seed):
         ranking = sorted(range(classes), key=lambda c: -float(s[c]))[:3]
         expected += 1.0 / (ranking.index(int(t)) + 1) if int(t) in ranking else 0.0
     assert math.isclose(map_at_k(scores, targets, 3), expected / n, rel_tol=1e-9)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([8000, 16000, 22050, 44100, 48000]), st.floats(0.01, 1.5)),
+                min_size=1, max_size=4))
+def test_ragged_decoding_sizes_the_buffer_from_headers_and_holds_each_whole_clip(tmp_path_factory, files):
+    """decode_ragged writes each clip into a slice sized from its header: equal, sample for sample (int16),
+    to decoding the file whole, at any source rate."""
+    from esc_sweep.data.ragged import decode_ragged, decode_whole
+
+    folder = tmp_path_factory.mktemp("ragged")
+    paths = []
+    for i, (rate, seconds) in enumerate(files):
+        path = folder / f"{i}.wav"
+        sf.write(path, (0.4 * np.sin(np.arange(max(1, int(rate * seconds))) / 7.0)).astype(np.float32), rate)
+        paths.append(path)
+    ragged = decode_ragged(paths, 16000, progress=False, num_workers=2)
+    for i, path in enumerate(paths):
+        whole = decode_whole(path, 16000)
+        assert int(ragged.lengths[i]) == whole.numel()
+        got = ragged.samples[int(ragged.offsets[i]): int(ragged.offsets[i]) + whole.numel()]
+        assert torch.equal(got, (whole.clamp(-1, 1) * 32767.0).round().to(torch.int16))
