@@ -106,6 +106,8 @@ class TrialReporter(Callback):
         self.test_accs: list[float] = []
         self.fold_values: dict[str, float] = {}  # "r<repeat>f<fold>" -> the objective's value on it
         self.validation = str(OmegaConf.select(cfg, "trainer.validation", default="none"))
+        # trainer.objective: what the objective averages and the pruner sees, accuracy or MAP@3.
+        self.metric = "map3" if str(OmegaConf.select(cfg, "trainer.objective", default="acc")) == "map3" else "acc"
         self.epochs_trained = 0
 
     # --- callback hooks -------------------------------------------------------
@@ -117,7 +119,9 @@ class TrialReporter(Callback):
         the files themselves changing under the same path between trials or resumes.
         """
         # The study report compares trials paired by fold; the correction needs the data's fold count.
-        self.trial.set_user_attr("dataset_folds", int(context["clips"].folds.unique().numel()))
+        clips = context["clips"]
+        holdout = getattr(clips, "protocol", "cv") == "holdout"  # one test split (its training clips are "fold 0")
+        self.trial.set_user_attr("dataset_folds", 1 if holdout else int(clips.folds.unique().numel()))
         fingerprint = str(context["clips"].fingerprint)
         recorded = self.study.user_attrs.get(DATA_FINGERPRINT_ATTR)
         if recorded is None:
@@ -138,13 +142,14 @@ class TrialReporter(Callback):
         self.epochs_trained += 1
         if self.report_epochs and fold == self.first_fold and not self.fold_accs and epoch < EPOCH_STRIDE:
             # Pruning decides on the inner split with trainer.validation=inner: the test fold is only scored.
-            score = metrics.get("inner_acc") if self.validation == "inner" else metrics["val_acc"]
+            score = metrics.get(f"inner_{self.metric}") if self.validation == "inner" else metrics[f"val_{self.metric}"]
             if score is not None:
                 self._report(score, epoch, f"fold {fold}, epoch {epoch}")
 
     def on_fold_end(self, result, resumed: bool = False) -> None:
-        inner = getattr(result, "inner_acc", None)
-        self.fold_accs.append(inner if self.validation == "inner" and inner is not None else result.val_acc)
+        inner = getattr(result, f"inner_{self.metric}", None)
+        self.fold_accs.append(inner if self.validation == "inner" and inner is not None
+                              else getattr(result, f"val_{self.metric}"))
         self.test_accs.append(result.val_acc)
         # What the objective averages, per (repeat, fold): the study report tells noise from signal with it.
         self.fold_values[f"r{getattr(result, 'repeat', 0)}f{result.fold}"] = self.fold_accs[-1]

@@ -543,7 +543,9 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                                  f"({len(directions)})")
             return list(self.objective_names)
         if self.has_identity and len(directions) == 1 + len(self.extra_objectives):
-            return [ESC_OBJECTIVE, *self.extra_objectives]
+            # trainer.objective=map3: the trainer returns the mean MAP@3 (FSDKaggle2018's metric).
+            map3 = str(OmegaConf.select(self.config, "trainer.objective", default="acc")) == "map3"
+            return ["mean_val_map3" if map3 else ESC_OBJECTIVE, *self.extra_objectives]
         return []
 
     def _space_record(self, distributions: dict, directions: list[str], names: list[str]) -> dict[str, Any]:

@@ -74,3 +74,27 @@ def test_protocol_misuse_exits_2_before_any_work(tmp_path, args, message):
     out = run_cli([*args, "dataset.root=/nonexistent", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_a_sweep_maximises_map3_on_the_fsdkaggle2018_holdout(tmp_path):
+    """trainer.objective=map3: each trial returns its MAP@3 (the inner split's), the study names it so."""
+    import optuna
+
+    root = make_fsdkaggle2018(tmp_path / "data", ["Bark", "Cello", "Hi-hat"], train_per_class=6, test_per_class=3)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    out = run_cli(["-m", "hparams_search=esc50_optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
+                   "hydra.sweeper.study_name=fsd_map3", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   "dataset=fsdkaggle2018", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}",
+                   "trainer.validation=inner", "trainer.objective=map3", "trainer.epochs=1", "trainer.batch_size=16",
+                   "features.n_mels=32", "model=baseline_cnn", "model.width=4", "augmentation=none",
+                   "augmentation.time_mask_width=0", "augmentation.freq_mask_width=0", "trainer.num_threads=1",
+                   "trainer.progress=false", "tracking.enabled=false"],
+                  cwd=tmp_path, env={"COLUMNS": "200", "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                  timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study = optuna.load_study(study_name="fsd_map3", storage=storage)
+    assert study.metric_names == ["mean_val_map3"]
+    for trial in study.trials:
+        (value,) = trial.user_attrs["fold_values"].values()  # the holdout's one "fold"
+        assert trial.value == pytest.approx(value) and 1 / 3 <= value <= 1  # MAP@3 >= 1/3 with 3 classes
+        assert trial.user_attrs["dataset_folds"] == 1
