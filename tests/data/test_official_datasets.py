@@ -55,6 +55,13 @@ def test_urbansound8k_class_subset_and_protocol_errors(us8k, tmp_path):
     assert clips.class_names == ["dog_bark", "siren"] and len(clips) == 20
     with pytest.raises(DataError, match="UrbanSound8K has no train/test split"):
         load_clipset(us8k_config(us8k, tmp_path, protocol="holdout"), RATE, progress=False)
+    # dataset.variable_length: the same clips kept whole (up to 4 s), folds and targets unchanged.
+    whole = load_clipset(us8k_config(us8k, tmp_path, variable_length=True), RATE, progress=False)
+    fixed = load_clipset(us8k_config(us8k, tmp_path), RATE, progress=False)
+    assert torch.equal(whole.folds, fixed.folds) and torch.equal(whole.targets, fixed.targets)
+    assert whole.waveforms.shape == (100, 0) and whole.num_samples == 4 * RATE
+    assert int(whole.ragged.lengths.max()) == 4 * RATE and int(whole.ragged.lengths.min()) == RATE // 2
+    assert whole.fingerprint != fixed.fingerprint
 
 
 def test_urbansound8k_missing_clip_and_missing_metadata_are_named(tmp_path):
