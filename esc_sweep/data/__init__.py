@@ -14,16 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from esc_sweep.data.clipset import (  # the shared tail of every loader (and, under their old names, its helpers)
-    ClipList,
-    ClipSet,
-    check_class_names as _check_class_names,
-    fingerprint_of as _fingerprint,
-    option as _opt,
-    remap_targets as _remap_targets,
-    require_classes as _require_classes,
-    requested_classes as _requested_classes,
-)
+from esc_sweep.data.clipset import ClipList, ClipSet, option  # the ClipSet and the tail every loader ends in
 from esc_sweep.errors import DataError
 
 # dataset.kind -> (module, loader function); each module ends in esc_sweep.data.clipset.finish_clipset.
@@ -38,7 +29,7 @@ LOADERS = {
 
 def load_clipset(dataset: Any, sample_rate: int, progress: bool = True) -> ClipSet:
     """Load the dataset described by a ``DatasetConfig`` (or DictConfig) at ``sample_rate``."""
-    kind = str(_opt(dataset, "kind", "esc50"))
+    kind = str(option(dataset, "kind", "esc50"))
     sample_rate = int(sample_rate)
     if sample_rate <= 0:
         raise DataError(f"sample rate must be > 0, got {sample_rate}: set features.sample_rate")

@@ -15,13 +15,9 @@ from typing import Any
 
 import torch
 
-from esc_sweep.data.clipset import ClipSet
-from esc_sweep.data.clipset import check_class_names as _check_class_names
-from esc_sweep.data.clipset import fingerprint_of as _fingerprint
+from esc_sweep.data.clipset import ClipSet, check_class_names, fingerprint_of, remap_targets, require_classes, \
+    requested_classes
 from esc_sweep.data.clipset import option as _opt
-from esc_sweep.data.clipset import remap_targets as _remap_targets
-from esc_sweep.data.clipset import require_classes as _require_classes
-from esc_sweep.data.clipset import requested_classes as _requested_classes
 from esc_sweep.data.audio import num_samples_for
 from esc_sweep.errors import DataError
 
@@ -119,16 +115,16 @@ def load_synthetic(dataset: Any, sample_rate: int) -> ClipSet:
     clip_ids = [f"synthetic-{c}-{i:04d}" for c in range(num_classes) for i in range(clips_per_class)]
 
     keep = torch.arange(len(clip_ids))
-    requested = _requested_classes(dataset)
+    requested = requested_classes(dataset)
     if requested is not None:
-        _check_class_names(requested, names, "the synthetic dataset")
+        check_class_names(requested, names, "the synthetic dataset")
         wanted = torch.tensor([names.index(c) for c in requested])
         keep = torch.isin(raw_targets, wanted).nonzero().flatten()
     rows = keep.tolist()
-    targets, class_names = _remap_targets(raw_targets[keep].tolist(), dict(enumerate(names)))
-    _require_classes(class_names, requested, "the synthetic dataset", fix=": set dataset.num_classes >= 2")
+    targets, class_names = remap_targets(raw_targets[keep].tolist(), dict(enumerate(names)))
+    require_classes(class_names, requested, "the synthetic dataset", fix=": set dataset.num_classes >= 2")
     clip_ids = [clip_ids[i] for i in rows]
-    fingerprint = _fingerprint(
+    fingerprint = fingerprint_of(
         kind="synthetic",
         seed=seed,
         num_classes=num_classes,

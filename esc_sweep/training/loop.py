@@ -156,12 +156,11 @@ def evaluate(
         predictions.append(logits.argmax(1))
         top3.append(logits.topk(min(3, logits.shape[1]), dim=1).indices)
     confusion = metrics.confusion_matrix(data.targets[index], torch.cat(predictions), data.num_classes).cpu()
-    hits = torch.cat(top3) == data.targets[index][:, None]  # MAP@3 from the top 3 alone: no logits kept
     return {
         "loss": float(loss_sum) / len(index),
         "acc": metrics.accuracy(confusion),
         "f1": metrics.macro_f1(confusion),
-        "map3": float((hits.double() / torch.arange(1, hits.shape[1] + 1, device=hits.device)).sum(1).mean()),
+        "map3": metrics.map_from_top(torch.cat(top3), data.targets[index]),  # the top 3 alone: no logits kept
         "confusion": confusion,
     }
 

@@ -35,9 +35,13 @@ def map_at_k(scores: torch.Tensor, targets: torch.Tensor, k: int = 3) -> float:
     A clip scores 1 when its label is the top prediction, 1/2 when second, ..., 1/k when k-th, 0 otherwise;
     the mean over clips. With one label per clip this is the challenge's definition exactly.
     """
+    return map_from_top(scores.topk(min(k, scores.shape[1]), dim=1).indices, targets)
+
+
+def map_from_top(top: torch.Tensor, targets: torch.Tensor) -> float:
+    """:func:`map_at_k` from the top-k class indices ``[N, k]`` (best first): enough to keep per batch."""
     if len(targets) == 0:
         return float("nan")
-    top = scores.topk(min(k, scores.shape[1]), dim=1).indices
     hits = top == targets.to(top.device)[:, None]
     rank_weight = 1.0 / torch.arange(1, top.shape[1] + 1, device=top.device, dtype=torch.float64)
     return float((hits.double() * rank_weight).sum(1).mean())
