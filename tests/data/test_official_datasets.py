@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from esc_sweep.config import FolderDatasetConfig, FSDKaggle2018DatasetConfig, UrbanSound8KDatasetConfig
 from esc_sweep.data import audio, load_clipset
-from esc_sweep.data.ragged import RaggedWaveforms
+from esc_sweep.data.ragged import RaggedWaveforms, decode_ragged, decode_whole
 from esc_sweep.errors import DataError, DownloadError
 from esc_sweep.training.metrics import map_at_k
 from tests.data.official_layouts import (
@@ -216,8 +216,6 @@ def test_map_at_3_is_the_challenges_definition(classes, n, seed):
 def test_ragged_decoding_sizes_the_buffer_from_headers_and_holds_each_whole_clip(tmp_path_factory, files):
     """decode_ragged writes each clip into a slice sized from its header: equal, sample for sample (int16),
     to decoding the file whole, at any source rate."""
-    from esc_sweep.data.ragged import decode_ragged, decode_whole
-
     folder = tmp_path_factory.mktemp("ragged")
     paths = []
     for i, (rate, seconds) in enumerate(files):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 
 from tests.conftest import run_cli
@@ -78,8 +79,6 @@ def test_protocol_misuse_exits_2_before_any_work(tmp_path, args, message):
 
 def test_a_sweep_maximises_map3_on_the_fsdkaggle2018_holdout(tmp_path):
     """trainer.objective=map3: each trial returns its MAP@3 (the inner split's), the study names it so."""
-    import optuna
-
     root = make_fsdkaggle2018(tmp_path / "data", ["Bark", "Cello", "Hi-hat"], train_per_class=6, test_per_class=3)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     out = run_cli(["-m", "hparams_search=esc50_optuna", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
