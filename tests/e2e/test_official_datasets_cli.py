@@ -70,6 +70,8 @@ def test_fsdkaggle2018_holdout_with_variable_length_clips_and_map3(tmp_path):
     (["dataset=urbansound8k", "dataset.protocol=holdout"], "dataset.kind=urbansound8k has no train/test split"),
     (["dataset=fsdkaggle2018", "trainer.folds=[1,2]"], "a holdout has one test split"),
     (["dataset=fsdkaggle2018", "trainer.tta_crops=3"], "every clip is already scored over all its windows"),
+    (["dataset=urbansound8k"], "UrbanSound8K root /nonexistent (from dataset.root) does not exist"),
+    (["dataset=fsdkaggle2018"], "FSDKaggle2018 root /nonexistent (from dataset.root) does not exist"),
 ])
 def test_protocol_misuse_exits_2_before_any_work(tmp_path, args, message):
     out = run_cli([*args, "dataset.root=/nonexistent", "tracking.enabled=false"], cwd=tmp_path, timeout=120)
