@@ -88,8 +88,8 @@ class FolderDatasetConfig(DatasetBase):
     csv: Optional[str] = None
 
 
-# Official UrbanSound8K archive (Zenodo record 1203745). Zenodo publishes its MD5 (soundata's index has
-# the same); no SHA-256 is published, so archive_sha256 stays optional.
+# Official UrbanSound8K archive (Zenodo record 1203745). Its MD5 as soundata's index lists it (Zenodo lists
+# MD5s, not SHA-256, so archive_sha256 stays optional); not checked against the live record (docs/datasets.md).
 URBANSOUND8K_URL = "https://zenodo.org/record/1203745/files/UrbanSound8K.tar.gz?download=1"
 URBANSOUND8K_MD5 = "9aa69802bbf37fb986f71ec1483a196e"
 
