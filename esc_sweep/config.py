@@ -132,6 +132,8 @@ DATASET_SCHEMAS = {"esc50": DatasetConfig, "synthetic": SyntheticDatasetConfig, 
 @dataclass
 class FeaturesConfig:
     kind: str = "mel"  # mel | mfcc | stft | fbank (Kaldi's log-mel filter bank, AST's) | efficientat (EfficientAT's own)
+    # | pcen (mel energies, PCEN in place of the log) | leaf (learnt Gabor filters + pooling + PCEN)
+    # | waveform (the waveform itself, for model=envnet_v2); docs/models.md
     sample_rate: int = 16000
     n_fft: int = 1024
     win_length: Optional[int] = None  # default: n_fft
@@ -154,6 +156,14 @@ class FeaturesConfig:
     # CPU runs: keep computed spectrograms on disk (beside the waveform cache) so
     # the next run with the same clips and features starts seconds sooner.
     cache: bool = True
+    # features.kind=pcen (esc_sweep/features/pcen.py): librosa.pcen's defaults; the smoother's s
+    # comes from the time constant. pcen_trainable: alpha, delta and r learnt per mel band.
+    pcen_alpha: float = 0.98
+    pcen_delta: float = 2.0
+    pcen_r: float = 0.5
+    pcen_time_constant: float = 0.4  # seconds
+    pcen_eps: float = 1e-6
+    pcen_trainable: bool = False
 
 
 @dataclass
@@ -210,6 +220,10 @@ class AugmentationConfig:
     # Level of the removed band below the clip's peak, dB: what silence becomes after the dB
     # clamp, so keep it equal to features.top_db (80).
     band_limit_floor_db: float = 80.0
+    # Between-class learning (Tokozume et al. 2018): each clip mixed with one of another class at
+    # r ~ U(0, 1), level-aware for waveforms, trained on the mixed label with the KL divergence.
+    # Replaces mixup (mixup_alpha is then ignored).
+    bc_learning: bool = False
 
 
 @dataclass
@@ -437,7 +451,7 @@ _CHOICES = {
     "dataset.kind": tuple(DATASET_SCHEMAS),
     "dataset.protocol": ("cv", "holdout"),
     "dataset.label": ("target", "category"),
-    "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat"),
+    "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat", "pcen", "leaf", "waveform"),
     "features.normalize": ("dataset", "instance", "none"),
     "scheduler.name": ("cosine", "onecycle", "none"),
     "trainer.validation": ("none", "inner", "test_fold"),
@@ -592,6 +606,7 @@ def validate(cfg: Any) -> None:
           "must be a sha256 hex digest (64 hex digits)")
     problems += _front_end_problems(cfg)
     problems += _distill_problems(cfg)
+    problems += _waveform_problems(cfg)
 
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -635,6 +650,28 @@ def _dataset_problems(cfg: Any) -> list[str]:
         weight = _get(cfg, "dataset.unverified_weight")
         if not (_finite(weight) and 0 <= weight <= 1):
             problems.append(f"dataset.unverified_weight={weight!r}: must be between 0 and 1")
+    return problems
+
+
+# Models whose input is the waveform (features.kind=waveform), and only they.
+WAVEFORM_MODELS = ("envnet_v2",)
+
+
+def _waveform_problems(cfg: Any) -> list[str]:
+    """features.kind=waveform goes with the waveform models only; PCEN's values."""
+    problems = []
+    kind, model = _get(cfg, "features.kind"), str(_get(cfg, "model.name"))
+    if kind == "waveform" and model not in WAVEFORM_MODELS:
+        problems.append(f"features.kind=waveform: model.name={model} takes a spectrogram; use "
+                        f"model={'/'.join(WAVEFORM_MODELS)} or another features.kind")
+    if model in WAVEFORM_MODELS and kind != "waveform":
+        problems.append(f"model.name={model}: takes the waveform; features.kind={kind} must be waveform "
+                        f"(drop the features override)")
+    if kind == "pcen":
+        for key in ("pcen_alpha", "pcen_delta", "pcen_r", "pcen_time_constant", "pcen_eps"):
+            value = _get(cfg, f"features.{key}")
+            if not (_finite(value) and value > 0):
+                problems.append(f"features.{key}={value!r}: must be > 0")
     return problems
 
 

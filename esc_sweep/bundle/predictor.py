@@ -24,6 +24,7 @@ from esc_sweep.bundle.ensemble import FoldEnsemble
 from esc_sweep.bundle.format import METRICS_FILE, bundle_directory, read_member_weights, read_meta
 from esc_sweep.config import FeaturesConfig, ModelConfig
 from esc_sweep.errors import BundleError, EscSweepError
+from esc_sweep.features.frontends import frames_per_second, model_input_bins
 from esc_sweep.features.transforms import build_features
 from esc_sweep.models import create_model
 from esc_sweep.models.init_from import classifier_head_names
@@ -45,6 +46,14 @@ def _section(schema: type, values: dict[str, Any], name: str = "", source: str =
         key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
         raise BundleError(f"{source}/bundle.json: field 'config.{name}.{key}' has an invalid value "
                           f"({str(err).splitlines()[0]}): restore the file or train the bundle again") from None
+
+
+class _FeatureKeys:
+    """A bundle's ``config.features`` dict read as attributes (what ``features.frontends`` helpers take)."""
+
+    def __init__(self, features: dict[str, Any]):
+        self.kind = features.get("kind", "mel")
+        self.sample_rate, self.hop_length = int(features["sample_rate"]), int(features["hop_length"])
 
 
 @dataclass
@@ -93,7 +102,7 @@ class Bundle:
         """
         features = self.config["features"]
         crop_seconds = float((self.config.get("augmentation") or {}).get("crop_seconds") or 0.0)
-        return crop_length(total, crop_seconds, self.sample_rate / int(features["hop_length"]))
+        return crop_length(total, crop_seconds, frames_per_second(_FeatureKeys(features)))
 
     def _scores(self, spectrograms: torch.Tensor) -> torch.Tensor:
         """Logits (or log-probabilities, which softmax alike) of clip-length spectrograms, with test-time crops."""
@@ -215,12 +224,12 @@ def load_bundle(
     features_cfg = _section(FeaturesConfig, config["features"], "features", str(source))
     model_cfg.pretrained = False
     model_cfg.init_from = None
-    features = _build_front_end(features_cfg, meta, source)
+    features, stored_bins = _build_front_end(features_cfg, meta, source)
     models = []
     for state in states:
         try:
-            model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, int(meta["num_bins"]),
-                                 features_cfg.kind)
+            model = create_model(model_cfg, len(meta["class_names"]), features_cfg.normalize, stored_bins,
+                                 features_cfg.kind, features_cfg)
         except EscSweepError as err:
             raise BundleError(f"bundle {source}: its config cannot build a model ({err})") from None
         _check_consistency(model, state, meta, source)
@@ -263,8 +272,9 @@ def _read_metrics(path: Path) -> Optional[dict[str, Any]]:
     return metrics if isinstance(metrics, dict) else None
 
 
-def _build_front_end(features_cfg: Any, meta: dict[str, Any], source: Any) -> nn.Module:
-    """The feature extractor of the recorded config, checked to give the model the bins it was trained on."""
+def _build_front_end(features_cfg: Any, meta: dict[str, Any], source: Any) -> tuple[nn.Module, int]:
+    """The feature extractor of the recorded config, checked to give the model the bins it was trained on,
+    and the bins it gives (the waveform kinds: 1; the model's own front end makes the recorded ``num_bins``)."""
     try:
         features = build_features(features_cfg).eval()
         clip = max(1, int(round(float(meta["config"]["dataset"]["clip_seconds"]) * int(features_cfg.sample_rate))))
@@ -273,10 +283,11 @@ def _build_front_end(features_cfg: Any, meta: dict[str, Any], source: Any) -> nn
     except (EscSweepError, ValueError, RuntimeError) as err:
         raise BundleError(f"bundle {source}: its config.features cannot build the front end "
                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    if bins != int(meta["num_bins"]):
+    if model_input_bins(features_cfg, bins) != int(meta["num_bins"]):
         raise BundleError(f"bundle {source}: field 'num_bins' is {meta['num_bins']} but config.features gives "
-                          f"{bins} frequency bins: bundle.json was edited or damaged; restore it")
-    return features
+                          f"{model_input_bins(features_cfg, bins)} frequency bins: bundle.json was edited or "
+                          f"damaged; restore it")
+    return features, bins
 
 
 def _check_consistency(model: nn.Module, state: dict[str, torch.Tensor], meta: dict[str, Any], source: Any) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from esc_sweep.config import AugmentationConfig
+from esc_sweep.features.bc import BCMix
 
 
 class RandomGain(nn.Module):
@@ -23,6 +24,18 @@ class RandomGain(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gain = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 - 1) * self.max_db
         return x + gain
+
+
+class RandomWaveformGain(nn.Module):
+    """Scale each waveform by a gain drawn uniformly from [-max_db, +max_db] decibels."""
+
+    def __init__(self, max_db: float):
+        super().__init__()
+        self.max_db = max_db
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gain = (torch.rand(x.shape[0], 1, 1, 1, device=x.device) * 2 - 1) * self.max_db
+        return x * torch.pow(10.0, gain / 20)
 
 
 class RandomCrop(nn.Module):
@@ -163,31 +176,42 @@ class Mixup(nn.Module):
 class Augment(nn.Module):
     """The configured augmentation chain; identity for ``augmentation=none``.
 
-    ``frames_per_second`` converts ``crop_seconds`` to spectrogram frames.
+    ``frames_per_second`` converts ``crop_seconds`` to steps of the last axis (frames, or samples for
+    waveforms). ``domain``: ``db`` for decibel spectrograms, ``waveform`` for waveforms [B, 1, 1, T]
+    (``features.kind=leaf|waveform``): the gain multiplies, crop and shift count samples, and the
+    spectrogram-only steps (band limit, masks) are refused by the config check. ``sample_rate``: the
+    waveforms' rate, for BC learning's level-aware mix.
     """
 
-    def __init__(self, cfg: AugmentationConfig, frames_per_second: float | None = None):
+    def __init__(self, cfg: AugmentationConfig, frames_per_second: float | None = None, domain: str = "db",
+                 sample_rate: int | None = None):
         super().__init__()
+        waveform = domain == "waveform"
         steps: list[nn.Module] = []
         if cfg.crop_seconds > 0:
             if frames_per_second is None:
                 raise ValueError("augmentation.crop_seconds needs the features' frames_per_second")
             steps.append(RandomCrop(max(1, round(cfg.crop_seconds * frames_per_second))))
         if cfg.gain_db > 0:
-            steps.append(RandomGain(cfg.gain_db))
+            steps.append(RandomWaveformGain(cfg.gain_db) if waveform else RandomGain(cfg.gain_db))
         # Before mixup, so a partner may refill part of a removed band. Limiting the mixture
         # instead (after mixup, like a recording channel) measured no different on ESC-50
         # fold 1 (benchmarks/README.md, "The 8 kHz gap on 50 classes").
-        if cfg.band_limit_prob > 0 and cfg.band_limit_max_fraction > 0:
+        if cfg.band_limit_prob > 0 and cfg.band_limit_max_fraction > 0 and not waveform:
             steps.append(RandomBandLimit(cfg.band_limit_prob, cfg.band_limit_max_fraction, cfg.band_limit_floor_db))
         if cfg.time_shift > 0:
             steps.append(RandomTimeShift(cfg.time_shift))
-        if cfg.freq_masks > 0 and cfg.freq_mask_width > 0:
+        if cfg.freq_masks > 0 and cfg.freq_mask_width > 0 and not waveform:
             steps.append(Masking(-2, cfg.freq_masks, cfg.freq_mask_width))
-        if cfg.time_masks > 0 and cfg.time_mask_width > 0:
+        if cfg.time_masks > 0 and cfg.time_mask_width > 0 and not waveform:
             steps.append(Masking(-1, cfg.time_masks, cfg.time_mask_width))
         self.steps = nn.Sequential(*steps)
         self.mixup = Mixup(cfg.mixup_alpha, cfg.mixup_prob) if cfg.mixup_alpha > 0 else None
+        if getattr(cfg, "bc_learning", False):
+            if waveform and sample_rate is None:
+                raise ValueError("augmentation.bc_learning on waveforms needs their sample_rate")
+            # Waveforms: level-aware (the paper's sounds); spectrograms: the simple mix.
+            self.mixup = BCMix(sample_rate if waveform else None)
 
     def forward(self, x: torch.Tensor, soft_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.steps(x)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from esc_sweep.console import phase
 from esc_sweep.data import ClipSet
 from esc_sweep.features.cache import cache_key, cached_features
+from esc_sweep.features.frontends import WAVEFORM_KINDS
 from esc_sweep.features.transforms import build_features, compute_features
 from esc_sweep.paths import feature_cache_dir
 
@@ -36,6 +37,8 @@ class Spectrograms:
                                           bool(OmegaConf.select(cfg, "trainer.progress", default=True)))
 
         if not (cfg.features.cache and device.type == "cpu"):  # on a GPU computing them takes milliseconds
+            return compute()
+        if cfg.features.kind in WAVEFORM_KINDS:  # the waveforms themselves: already cached as such (data/)
             return compute()
         key = cache_key(clips.fingerprint, clips.waveforms, OmegaConf.to_container(cfg.features, resolve=True))
         return cached_features(feature_cache_dir(cfg.dataset.cache_dir), key, compute)

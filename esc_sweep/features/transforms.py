@@ -1,4 +1,5 @@
-"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames] (kind: mel|mfcc|stft|fbank|efficientat).
+"""Feature extraction: waveforms [B, T] -> log-spectrograms [B, 1, F, frames] (kind: mel|mfcc|stft|fbank|efficientat),
+or what the store keeps for the kinds whose front end is (partly) in the model (pcen, leaf, waveform: frontends.py).
 
 Small nn.Modules in the spirit of torchaudio.transforms, so they run batched on
 whatever device the waveforms live on. Normalisation is not done here: it
@@ -170,8 +171,25 @@ class EfficientATMel(nn.Module):
         return 10.0 * torch.log10(mel.clamp_min(1e-10)).unsqueeze(1)
 
 
+class WaveformInput(nn.Module):
+    """``features.kind=leaf|waveform``: the store keeps the waveform itself, as [B, 1, 1, T].
+
+    The shape is the spectrograms' [B, 1, F, T] with one "bin", so batches, crops (augmentation and
+    test-time) and standardisation work along the last axis as for spectrograms; the rest of the
+    front end, if any, is in the model (``esc_sweep.features.frontends``).
+    """
+
+    def __init__(self, cfg: FeaturesConfig | None = None):
+        super().__init__()
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        return waveforms.float().reshape(waveforms.shape[0], 1, 1, waveforms.shape[-1])
+
+
+# pcen stores the decibel mel spectrogram: its model turns it back into energies (frontends.py).
 _FEATURES = {"mel": LogMel, "mfcc": MFCC, "stft": LogSpectrogram, "fbank": KaldiFbank,
-             "efficientat": EfficientATMel.from_features}
+             "efficientat": EfficientATMel.from_features, "pcen": LogMel, "leaf": WaveformInput,
+             "waveform": WaveformInput}
 
 
 def build_features(cfg: FeaturesConfig) -> nn.Module:
@@ -180,8 +198,10 @@ def build_features(cfg: FeaturesConfig) -> nn.Module:
 
 def feature_shape(cfg: FeaturesConfig, num_samples: int) -> tuple[int, int]:
     """(frequency bins, frames) that ``build_features(cfg)`` produces for a clip."""
+    if cfg.kind in ("leaf", "waveform"):  # what the store holds: the waveform, one "bin"
+        return 1, num_samples
     bins = {"mel": cfg.n_mels, "mfcc": cfg.n_mfcc, "stft": cfg.n_fft // 2 + 1, "fbank": cfg.n_mels,
-            "efficientat": cfg.n_mels}[cfg.kind]
+            "efficientat": cfg.n_mels, "pcen": cfg.n_mels}[cfg.kind]
     if cfg.kind == "efficientat":  # pre-emphasis drops one sample, then centred frames
         return bins, 1 + (num_samples - 1) // cfg.hop_length
     if cfg.kind == "fbank":  # Kaldi frames are not centred: only whole windows inside the clip

@@ -53,8 +53,12 @@ class Classifier(nn.Module):
     (``training.optim``) for ``model.finetune=freeze_then_unfreeze``.
     """
 
-    def __init__(self, standardize: Standardize, backbone: nn.Module):
+    def __init__(self, standardize: Standardize, backbone: nn.Module, front_end: nn.Module | None = None):
         super().__init__()
+        # The part of the feature extraction the model holds (features.kind=pcen|leaf,
+        # esc_sweep.features.frontends), identity otherwise: it trains with the model and its
+        # state is in the model's, hence in the bundle.
+        self.front_end = front_end if front_end is not None else nn.Identity()
         self.standardize = standardize
         self.backbone = backbone
         self.frozen = False
@@ -86,7 +90,7 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.standardize(x)
+        x = self.standardize(self.front_end(x))
         if self.training and torch.is_grad_enabled() and not self.frozen and not torch.compiler.is_compiling():
             self._recent_inputs = (self._recent_inputs + [x.detach()])[-RECALIBRATION_BATCHES:]
         return self.backbone(x)

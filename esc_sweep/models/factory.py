@@ -11,8 +11,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from esc_sweep.config import ModelConfig
+from esc_sweep.config import FeaturesConfig, ModelConfig
 from esc_sweep.errors import ConfigError, EscSweepError
+from esc_sweep.features.frontends import build_model_front_end, model_input_bins
 from esc_sweep.models.classifier import Classifier, Standardize
 from esc_sweep.models.registry import is_model, list_models, model_entrypoint
 
@@ -59,13 +60,20 @@ def create_backbone(cfg: ModelConfig, num_classes: int, num_bins: int = 64,
 
 
 def create_model(cfg: ModelConfig, num_classes: int, normalize: str, num_bins: int,
-                 features_kind: str | None = None) -> Classifier:
+                 features_kind: str | None = None, features: FeaturesConfig | None = None) -> Classifier:
     """``Classifier(Standardize(normalize), backbone)`` for ``model.*``, frozen as ``model.finetune`` says.
 
     ``normalize``: ``features.normalize``; ``num_bins``: the spectrogram's frequency bins;
     ``features_kind``: ``features.kind`` of the spectrograms the model will get (see ``create_backbone``).
+    ``features``: the whole ``features`` section, for the kinds whose front end is (partly) in the model
+    (pcen, leaf: ``Classifier.front_end``); ``num_bins`` is then the bins the store holds, and the
+    backbone gets the front end's.
     """
-    model = Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes, num_bins, features_kind))
+    front_end = build_model_front_end(features) if features is not None else None
+    if features is not None:
+        num_bins = model_input_bins(features, num_bins)
+    model = Classifier(Standardize(normalize, num_bins), create_backbone(cfg, num_classes, num_bins, features_kind),
+                       front_end)
     finetune = getattr(cfg, "finetune", "full")
     model.finetune = finetune
     if finetune in ("linear_probe", "freeze_then_unfreeze"):

@@ -200,7 +200,7 @@ def compute_teacher_logits(teacher: Teacher, member: Member, features_cfg: Any, 
     # Building a model draws random initial weights: keep the student's random streams untouched.
     with torch.random.fork_rng(devices=[]):
         model = create_model(model_cfg, len(teacher.meta["class_names"]), features_cfg.normalize,
-                             int(teacher.meta["num_bins"]), features_cfg.kind)
+                             int(teacher.meta["num_bins"]), features_cfg.kind, features_cfg)
     model.load_state_dict(torch.load(member.weights, map_location="cpu", weights_only=True))
     model = model.to(device).eval()
     extractor = build_features(features_cfg).to(device).eval()

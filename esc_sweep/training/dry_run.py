@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from esc_sweep.errors import ConfigError, EscSweepError
 from esc_sweep.features.augment import Augment
+from esc_sweep.features.frontends import augment_domain, frames_per_second as steps_per_second
 from esc_sweep.features.transforms import build_features
 from esc_sweep.models import checkpoint_front_end_mismatches, count_parameters, create_model
 from esc_sweep.runtime import pick_device
@@ -128,23 +129,26 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     if not torch.isfinite(spectrogram).all():
         raise ConfigError(f"{features_keys}: the spectrogram of a clip has NaN or infinite values")
 
-    frames_per_second = fc.sample_rate / fc.hop_length
+    frames_per_second = steps_per_second(fc)  # frames, or samples for waveform kinds
     if cfg.augmentation.crop_seconds > 0 and cfg.augmentation.crop_seconds * frames_per_second < 1:
         raise ConfigError(
             f"augmentation.crop_seconds={cfg.augmentation.crop_seconds} is shorter than one spectrogram frame "
             f"({1 / frames_per_second:.4f} s at features.hop_length={fc.hop_length})"
         )
     augment = _attempt("augmentation.*", "cannot build the augmentation", lambda: Augment(cfg.augmentation,
-                                                                                              frames_per_second))
+                                                                                              frames_per_second,
+                                                                                              augment_domain(fc),
+                                                                                              fc.sample_rate))
     eye = torch.eye(num_classes, device=device)
     soft = eye[torch.tensor([0, 1], device=device) % num_classes]
     x, soft = _attempt("augmentation.*", "cannot augment a batch", lambda: augment(spectrogram, soft))
 
     model_keys = f"model.name={cfg.model.name} (model.kwargs, features.n_mels, augmentation.crop_seconds)"
     model = _attempt("model.name/model.kwargs", f"cannot build {cfg.model.name!r}",
-                     lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2], fc.kind))
+                     lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2], fc.kind, fc))
     _check_checkpoint_front_end(cfg, model)
-    model.standardize.fit(spectrogram.cpu())
+    with torch.no_grad():
+        model.standardize.fit(model.front_end(spectrogram.cpu()))
     model = model.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -25,6 +25,7 @@ from torch import nn
 
 from esc_sweep.errors import NonFiniteLossError
 from esc_sweep.features.augment import Augment
+from esc_sweep.features.frontends import augment_domain, frames_per_second
 from esc_sweep.features.store import Spectrograms
 from esc_sweep.models import Classifier, count_parameters, create_model
 from esc_sweep.models.init_from import load_backbone_weights
@@ -74,6 +75,18 @@ def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, smoothi
     return -(soft_targets * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
 
 
+def kl_divergence(logits: torch.Tensor, soft_targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """KL(targets || softmax(logits)), batch mean: BC learning's loss (augmentation.bc_learning).
+
+    The cross-entropy minus the targets' entropy: the same gradient, but 0 for a perfect fit of a
+    mixed label, so the value reads as a distance to the target mixture.
+    """
+    if smoothing > 0:
+        soft_targets = soft_targets * (1 - smoothing) + smoothing / soft_targets.shape[1]
+    entropy = -torch.special.xlogy(soft_targets, soft_targets).sum(1).mean()
+    return soft_cross_entropy(logits, soft_targets, 0.0) - entropy
+
+
 @dataclass
 class Trainee:
     """Everything one optimisation step touches."""
@@ -113,6 +126,8 @@ def train_step(trainee: Trainee, x: torch.Tensor, soft_targets: torch.Tensor) ->
         logits = trainee.forward(x)
     if trainee.distill is not None:
         loss = trainee.distill.loss(logits, soft_targets, tc.label_smoothing)
+    elif trainee.cfg.augmentation.get("bc_learning", False):
+        loss = kl_divergence(logits, soft_targets, tc.label_smoothing)
     else:
         loss = soft_cross_entropy(logits, soft_targets, tc.label_smoothing)
     trainee.optimizer.zero_grad(set_to_none=True)
@@ -169,13 +184,18 @@ def build_model(
     cfg: DictConfig, data: TrainingData, device: torch.device, init: InitWeights | None = None
 ) -> Classifier:
     model = create_model(cfg.model, data.num_classes, cfg.features.normalize, data.spectrograms.num_bins,
-                         cfg.features.kind)
+                         cfg.features.kind, cfg.features)
     if init is not None:
         load_backbone_weights(model, init.state, source=init.source, source_model=init.model_name,
                               source_width=init.width)
-    # Normalisation statistics come from the training rows only.
-    stats = torch.cat([b.float() for b in data.spectrograms.batches(data.train_index, 512)])
-    model.standardize.fit(stats)
+    # Normalisation statistics come from the training rows only, through the model's front end (as
+    # initialised, for a learnt one); only features.normalize=dataset uses them.
+    if cfg.features.normalize == "dataset":
+        front_end = model.front_end.to(device)
+        chunk = 512 if isinstance(front_end, nn.Identity) else 32  # LEAF's filter outputs are 80 x samples per clip
+        with torch.no_grad():
+            stats = torch.cat([front_end(b).float() for b in data.spectrograms.batches(data.train_index, chunk)])
+        model.standardize.fit(stats)
     model = model.to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -294,7 +314,8 @@ def fit(
     trainee.distill = data.teacher
     callbacks.on_fold_start(fold, {"model": model, "num_parameters": count_parameters(model),
                                    "epochs": tc.epochs, "steps_per_epoch": steps_per_epoch})
-    augment = Augment(cfg.augmentation, cfg.features.sample_rate / cfg.features.hop_length)
+    augment = Augment(cfg.augmentation, frames_per_second(cfg.features), augment_domain(cfg.features),
+                      cfg.features.sample_rate)
     eval_model = trainee.ema if trainee.ema is not None else model
     eye = torch.eye(data.num_classes, device=device)
     generator = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + fold)

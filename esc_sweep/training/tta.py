@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from esc_sweep.features.frontends import frames_per_second
 from esc_sweep.training import metrics
 
 # Crop length for models trained on whole clips (augmentation.crop_seconds=0): 4 s of a 5 s clip.
@@ -71,7 +72,7 @@ def evaluate_tta(model: nn.Module, data: Any, index: torch.Tensor, cfg: Any, dev
 
     model.eval()
     crops = int(cfg.trainer.tta_crops)
-    frames_per_second = cfg.features.sample_rate / cfg.features.hop_length
+    steps_per_second = frames_per_second(cfg.features)  # frames, or samples for waveforms
 
     def forward(views: torch.Tensor) -> torch.Tensor:
         if cfg.trainer.channels_last:
@@ -83,7 +84,7 @@ def evaluate_tta(model: nn.Module, data: Any, index: torch.Tensor, cfg: Any, dev
     clips_per_batch = max(1, cfg.trainer.eval_batch_size // crops)  # a forward pass sees at most eval_batch_size views
     for batch_index in index.split(clips_per_batch):
         x = data.spectrograms[batch_index]
-        frames = crop_length(x.shape[-1], cfg.augmentation.crop_seconds, frames_per_second)
+        frames = crop_length(x.shape[-1], cfg.augmentation.crop_seconds, steps_per_second)
         predictions.append(averaged_log_probabilities(forward, x, crops, frames).argmax(1))
     confusion = metrics.confusion_matrix(data.targets[index], torch.cat(predictions), data.num_classes).cpu()
     return {"acc": metrics.accuracy(confusion), "f1": metrics.macro_f1(confusion), "confusion": confusion}
