@@ -52,18 +52,19 @@ def smooth(energy: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     dtype, energy = energy.dtype, energy.double()  # float32 FFT error scales with the loudest frame: quiet ones drown
     frames = energy.shape[-1]
     decay = (1 - s.detach().max()).clamp(1e-6, 1 - 1e-6)  # the slowest channel decides the length
-    taps = int(min(max(1, math.ceil(math.log(TAIL) / math.log(float(decay)))), 4 * frames + 1))
+    # Longer than the clip the response need not be: frames + 1 taps make the sum below exact.
+    taps = int(min(max(1, math.ceil(math.log(TAIL) / math.log(float(decay)))), frames + 1))
     j = torch.arange(taps, device=energy.device, dtype=energy.dtype)
     s = s.to(energy.dtype).view(-1, 1)
     kernel = s * torch.exp(j * torch.log1p(-s))  # [channels, taps]: s (1 - s)^j
     # Whatever lies beyond the cut, a geometric tail of E(0), is added back exactly below.
-    padded = torch.cat([energy[..., :1].expand(*energy.shape[:-1], taps - 1), energy], dim=-1)
+    padded = torch.cat([energy[..., :1].expand(*energy.shape[:-1], taps - 1), energy], dim=-1)  # M(-1) = E(0)
     size = padded.shape[-1] + taps - 1
     spectrum = torch.fft.rfft(padded, n=size) * torch.fft.rfft(kernel, n=size)
     out = torch.fft.irfft(spectrum, n=size)[..., taps - 1: taps - 1 + frames]
-    # The frames before the padding: their weight is (1 - s)^(taps + t), all on E(0).
-    t = torch.arange(frames, device=energy.device, dtype=energy.dtype)
-    tail = torch.exp((taps + t) * torch.log1p(-s))  # [channels, frames]
+    # Every frame's terms j >= taps lie before the padding, all on E(0): sum_{j >= taps} s (1 - s)^j = (1 - s)^taps.
+    # (With taps > frames nothing else is cut, so the sum is exact; shorter, what is cut weighs < TAIL.)
+    tail = torch.exp(taps * torch.log1p(-s))  # [channels, 1]
     return (out + tail * energy[..., :1]).to(dtype)
 
 
