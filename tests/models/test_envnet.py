@@ -50,4 +50,4 @@ def test_envnet_goes_with_the_waveform_front_end_only():
     with pytest.raises(ConfigError, match="features.kind=mel must be waveform"):
         validate(compose_config(["model=envnet_v2", "features.kind=mel"]))
     with pytest.raises(ConfigError, match="features.kind=waveform: model.name=baseline_cnn takes a spectrogram"):
-        validate(compose_config(["features=waveform"]))
+        validate(compose_config(["features.kind=waveform"]))

@@ -52,6 +52,6 @@ def test_every_pair_the_search_can_sample_is_valid_and_the_others_are_refused():
         validate(compose_config(cheap + [f"features={front_end}"]))
     validate(compose_config(["model=envnet_v2"]))
     with pytest.raises(ConfigError, match="takes a spectrogram"):
-        validate(compose_config(["model=resnet18", "features=waveform"]))
+        validate(compose_config(["model=resnet18", "features.kind=waveform"]))
     with pytest.raises(ConfigError, match="takes the waveform"):
         validate(compose_config(["model=envnet_v2", "features.kind=leaf"]))
