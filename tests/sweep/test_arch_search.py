@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+import esc_sweep
 
 from esc_sweep.config import WAVEFORM_MODELS, validate
 from esc_sweep.errors import ConfigError
@@ -13,12 +18,6 @@ from tests.conftest import compose_config
 
 
 def model_choices() -> list[str]:
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-
-    import esc_sweep
-
     search = OmegaConf.load(Path(esc_sweep.__file__).parent / "conf" / "hparams_search" / "arch_search.yaml")
     parsed = OverridesParser.create().parse_override(f"model={search.hydra.sweeper.params.model}")
     return [str(c) for c in parsed.value().list]
