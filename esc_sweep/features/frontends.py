@@ -47,9 +47,10 @@ def model_input_bins(cfg: Any, stored_bins: int) -> int:
 
 def frames_per_second(cfg: Any) -> float:
     """Steps per second along the last axis of what the store holds: samples for waveform kinds."""
-    return float(cfg.sample_rate) if cfg.kind in WAVEFORM_KINDS else cfg.sample_rate / cfg.hop_length
+    waveform = getattr(cfg, "kind", "mel") in WAVEFORM_KINDS  # a partial features section: a spectrogram kind
+    return float(cfg.sample_rate) if waveform else cfg.sample_rate / cfg.hop_length
 
 
 def augment_domain(cfg: Any) -> str:
     """``waveform`` or ``db``: which augmentations apply to what the store holds."""
-    return "waveform" if cfg.kind in WAVEFORM_KINDS else "db"
+    return "waveform" if getattr(cfg, "kind", "mel") in WAVEFORM_KINDS else "db"
