@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from esc_sweep.features.pcen import PCEN
 
@@ -34,6 +35,11 @@ FWHM_TO_SIGMA = math.sqrt(2 * math.log(2))
 # LEAF's sPCEN initial values.
 PCEN_ALPHA, PCEN_DELTA, PCEN_R, PCEN_S, PCEN_EPS = 0.96, 2.0, 0.5, 0.04, 1e-12
 POOL_WIDTH_INIT, POOL_WIDTH_MAX = 0.4, 0.5
+# Clips filtered at once. The filter outputs are 2 n_filters x samples per clip (80 x 80 000 floats
+# for 5 s at 16 kHz, plus their FFTs): a 64-clip batch at once held ~8 GB on a CPU and was killed.
+# In training each chunk is checkpointed (recomputed in the backward pass), so only the pooled
+# energies, 160 times smaller, stay in memory.
+CLIPS_PER_PASS = 8
 
 
 def gabor_init_from_mel(n_filters: int, sample_rate: int, f_min: float, f_max: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +122,12 @@ class Leaf(nn.Module):
         f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
         return cls(cfg.n_mels, cfg.sample_rate, window, cfg.hop_length, cfg.f_min, f_max)
 
+    def _pooled_energy(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pooling(self.filters(x))
+
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         x = waveforms.float().reshape(waveforms.shape[0], 1, waveforms.shape[-1])
-        energy = self.pooling(self.filters(x))
-        return self.compression(energy).unsqueeze(1)
+        learning = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        parts = [checkpoint(self._pooled_energy, chunk, use_reentrant=False) if learning
+                 else self._pooled_energy(chunk) for chunk in x.split(CLIPS_PER_PASS)]
+        return self.compression(torch.cat(parts)).unsqueeze(1)

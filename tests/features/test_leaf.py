@@ -55,3 +55,22 @@ def test_leaf_learns_every_part_and_gives_n_filters_by_frames():
     learnt = {name for name, p in leaf.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert learnt == {"filters.eta", "filters.sigma", "pooling.width", "compression.log_alpha",
                       "compression.log_delta", "compression.log_r", "compression.logit_s"}
+
+
+def test_chunked_checkpointed_filtering_gives_the_same_outputs_and_gradients(monkeypatch):
+    """Memory: clips are filtered CLIPS_PER_PASS at a time and recomputed in the backward pass; no change in numbers."""
+    torch.manual_seed(0)
+    x = 0.1 * torch.randn(5, 1, 1, 3000)
+
+    def run(chunk: int):
+        monkeypatch.setattr("esc_sweep.features.leaf.CLIPS_PER_PASS", chunk)
+        torch.manual_seed(1)
+        leaf = Leaf(8, 16000, 101, 160, 60.0, 7800.0)
+        out = leaf(x)
+        out.pow(2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in leaf.parameters()]
+
+    whole, whole_grads = run(64)
+    chunked, chunked_grads = run(2)
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(whole_grads, chunked_grads))
