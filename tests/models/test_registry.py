@@ -28,7 +28,7 @@ def test_the_registry_names_no_model():
 def test_each_model_is_registered_beside_its_class(name):
     """The builder lives in its family's module (not in the package's __init__ or the factory)."""
     module = inspect.getmodule(model_entrypoint(name)).__name__
-    assert module.rpartition(".")[2] in ("baseline", "panns", "mobilenet", "hf"), module
+    assert module.rpartition(".")[2] in ("baseline", "panns", "mobilenet", "hf", "envnet"), module
     pretrained = get_pretrained_cfg(name)
     for key in pretrained.checkpoints:  # a named checkpoint comes with the converter that loads it
         assert named_checkpoints()[key] == pretrained.checkpoints[key] and pretrained.convert is not None
