@@ -109,7 +109,8 @@ def _keep_tracking_uri_unchanged():
 # Tests whose module starts no process (no CLI run, no server, no subprocess):
 # the fast in-process subset, `pytest -m fast`. Decided from the module's source,
 # so a new test lands in the right subset without anyone remembering a marker.
-_SPAWNS = ("run_cli(", "interrupt_cli(", "subprocess", "Popen", "trained_synthetic_run", "multiprocessing")
+_SPAWNS = ("run_cli(", "interrupt_cli(", "run_sweep(", "subprocess", "Popen", "trained_synthetic_run",
+           "multiprocessing", "parallel_folds=")
 
 
 # The marker is checked, not trusted: a `fast` test that starts a process fails (fixture below), so a
