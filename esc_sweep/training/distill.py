@@ -4,7 +4,10 @@
 
 where ``_T`` is a softmax at temperature ``T`` (Hinton et al. 2015; ``T^2`` keeps the soft term's
 gradients on the scale of the hard one's as ``T`` changes). The teacher is a bundle folder or a fold
-ensemble (``<run>/bundle_ensemble``, written with ``trainer.keep_fold_models=true``).
+ensemble (``<run>/bundle_ensemble``, written with ``trainer.keep_fold_models=true``). A pretrained
+model (``model.weights``) teaches the same way: fine-tuned fold by fold in a cross-validation that keeps
+its fold models, then given as that run's fold ensemble; the checkpoint itself is refused in one line
+(``pretrained_refusal``).
 
 No leaks. In cross-validation fold k is scored on clips the student never trained on, so its
 teacher must not have trained on them either: fold k gets the ensemble member whose held-out fold
@@ -100,6 +103,8 @@ def read_teacher(cfg: DictConfig) -> Teacher | None:
     directory = expand(str(source))
     if not directory.is_absolute():
         directory = original_cwd() / directory
+    if directory.is_file() or (":" in str(source) and not directory.exists()):
+        raise ConfigError(pretrained_refusal(str(source)))
     if (directory / "bundle_ensemble" / "bundle.json").is_file() and not (directory / "bundle.json").is_file():
         directory = directory / "bundle_ensemble"  # a run's output folder: its fold ensemble
     meta_file = directory / "bundle.json"
@@ -124,6 +129,22 @@ def read_teacher(cfg: DictConfig) -> Teacher | None:
     for fold in cfg.trainer.folds:
         teacher.members_for(int(fold))
     return teacher
+
+
+def pretrained_refusal(source: str) -> str:
+    """The one line for a pretrained checkpoint (a file, or a name such as ``panns:cnn14``) given as teacher.
+
+    Such a model cannot teach as it is: its head has the pretraining classes (AudioSet's 527), not
+    this run's; and the same model fine-tuned on all of this data set has seen every fold, so in
+    cross-validation it would leak fold k's clips into fold k's student. The leak-free route is the
+    one every other teacher takes: fine-tune it fold by fold through the same cross-validation
+    (``model.weights=<it> trainer.keep_fold_models=true``) and teach from that run's fold ensemble,
+    whose member k never saw fold k.
+    """
+    return (f"{KEY}={source}: a pretrained checkpoint is not a teacher: its head has its pretraining classes, "
+            f"and fine-tuned on every fold it would leak the clips each fold is scored on; fine-tune it fold by "
+            f"fold first (model.weights={source} trainer.keep_fold_models=true) and give that run's "
+            f"bundle_ensemble folder")
 
 
 def _check_same_data(teacher: Teacher, cfg: DictConfig, source: str) -> None:
@@ -277,4 +298,6 @@ def describe(teacher: Teacher | None, cfg: DictConfig) -> dict[str, Any] | None:
                             for f in cfg.trainer.folds},
         "teacher_mlflow_run_id": teacher.meta.get("mlflow_run_id"),
         "teacher_model": (teacher.meta["config"].get("model") or {}).get("name"),
+        # Where the teacher's fine-tuning started (a pretrained checkpoint, model.weights), None: from scratch.
+        "teacher_pretrained_from": (teacher.meta.get("front_end") or {}).get("weights"),
     }
