@@ -47,8 +47,10 @@ inside esc_sweep. It
    child does what ``python -m esc_sweep`` does up to the cross-validation
    (CPU runtime settings before torch loads, the config composed from the
    same overrides as the CLI would (Hydra compose API, no run folder or
-   logging set-up), the background ``torch._dynamo`` import, validation,
-   ``build_callbacks``, the progress callback) and passes ``cross_validate``
+   logging set-up), then the app's own public steps: the background
+   ``torch._dynamo`` import, ``esc_sweep.app.train.check_run`` (validation
+   and the dry run) and ``esc_sweep.app.train.start_run`` (the progress
+   callback, the tracker, ``model.init_from``)) and passes ``cross_validate``
    its own ``FirstStep`` callback, first in the list: it stamps
    ``on_cv_start`` (data + features ready), ``on_fold_start`` (model built;
    the training loop starts right after) and the first ``on_step_end``,
@@ -206,27 +208,16 @@ def first_step_child(overrides: list[str]) -> None:
     from esc_sweep.app import train as app_train
 
     cfg = common.compose_config(overrides)
-    # As app.run does: the first optimizer imports torch._dynamo; the app imports it while the data loads.
-    warm_up = app_train._import_in_background("torch._dynamo")
-    from esc_sweep.app.progress import TrainingProgress
-    from esc_sweep.config import validate
-    from esc_sweep.safety import check_targets
+    # As app.train.run does: the first optimizer imports torch._dynamo; the app imports it while the data loads.
+    warm_up = app_train.import_in_background("torch._dynamo")
     from esc_sweep.training.cv import cross_validate
 
-    validate(cfg)
-    check_targets(cfg)
-    init = None
-    if cfg.model.init_from:
-        from esc_sweep.bundle.format import read_init_weights
-
-        init = read_init_weights(cfg.model.init_from)
+    app_train.check_run(cfg)
     stamps["app_started"] = time.time()
     started = time.perf_counter()
-    callbacks = app_train.build_callbacks(cfg, first=warm_up)
-    build_seconds = time.perf_counter() - started
-    stamps["tracking_seconds"] = build_seconds  # not a time of day: building the callbacks
-    progress = TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds))
-    cross_validate(cfg, [FirstStep(stamps), progress, *callbacks], init=init)
+    start = app_train.start_run(cfg, first=warm_up)  # the app's own set-up: progress, tracker, init weights
+    stamps["tracking_seconds"] = time.perf_counter() - started  # not a time of day: building the callbacks
+    cross_validate(cfg, [FirstStep(stamps), *start.callbacks], init=start.init)
     print("cv_wall: the run ended without a training step", file=sys.stderr)
     sys.exit(3)
 

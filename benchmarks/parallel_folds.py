@@ -32,7 +32,8 @@ import torch
 
 from common import REPO, compose_config, fmt_table, load_average, machine_info, run_main, with_defaults, write_json
 from esc_sweep.runtime import pick_device
-from esc_sweep.training.cv import cross_validate, prepare
+from esc_sweep.training.cv import cross_validate
+from esc_sweep.training.fold import prepare
 
 
 def _timed_cv(overrides: list[str], checkpoint_dir: Path) -> tuple[float, list]:

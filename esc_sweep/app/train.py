@@ -12,7 +12,9 @@ import importlib
 import logging
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -27,7 +29,6 @@ from esc_sweep.errors import EscSweepError
 from esc_sweep.paths import CONFIG_DIR
 from esc_sweep.console import console
 from esc_sweep.safety import check_targets
-from esc_sweep.tracking.artifacts import log_folder  # imports MLflow itself, only when called
 from esc_sweep.tracking.uri import check_server, check_store, is_server, resolve_tracking_uri
 from esc_sweep.training.callbacks import BuiltInBackground
 
@@ -82,7 +83,8 @@ def _mlflow_tracker(cfg: DictConfig):
     return MlflowTracker(cfg)
 
 
-def _import_in_background(module: str) -> threading.Thread:
+def import_in_background(module: str) -> threading.Thread:
+    """Import ``module`` in a daemon thread (an error is left for the importer that needs it to report)."""
     def work() -> None:
         try:
             importlib.import_module(module)
@@ -94,37 +96,42 @@ def _import_in_background(module: str) -> threading.Thread:
     return thread
 
 
-def run(cfg: DictConfig, kept=None) -> float:
-    """Validate, dry-run, cross-validate, report. Returns the objective (``CVResult.objective``).
-
-    ``kept``: an ``app.resume.KeptWork`` to follow the run (what Ctrl-C leaves to resume).
-    """
-    # Building the first optimizer imports torch._dynamo (~1 s, for a decorator):
-    # importing it now overlaps that with loading the data.
-    warm_up = _import_in_background("torch._dynamo")
+def check_run(cfg: DictConfig):
+    """Refuse a run that cannot work before any data is read: the config, the ``_target_`` allow-list,
+    the teacher (``trainer.distill``) and a dry run of the model. Returns the dry run's ``DryRun`` record."""
     # deferred: torch and the trainer (~5 s): `esc-sweep --help` imports this module for Hydra's help
-    from esc_sweep.app.report import print_results, write_results
-    from esc_sweep.training.cv import cross_validate, mark_cv_complete  # deferred: as above
+    from esc_sweep.training.distill import read_teacher
     from esc_sweep.training.dry_run import dry_run  # deferred: as above
-    from esc_sweep.training.distill import read_teacher  # deferred: as above
 
     validate(cfg)
     check_targets(cfg)
     read_teacher(cfg)  # trainer.distill: a leaking or mismatched teacher is refused before any work
-    proof = dry_run(cfg)  # before any data is read: a bad combination of values fails here, in a second
-    if cfg.trainer.dry_run:
-        console.print(f"[bold green]dry run passed[/]: {cfg.model.name} ({proof.num_parameters:,} parameters) on "
-                      f"{proof.device}, input {proof.feature_shape} (training {proof.train_shape}), "
-                      f"{proof.num_classes} classes; no data was read")
-        return float("nan")
+    return dry_run(cfg)  # before any data is read: a bad combination of values fails here, in a second
+
+
+@dataclass
+class RunStart:
+    """What ``cross_validate`` gets from the app: callbacks (progress first) and the starting weights."""
+
+    callbacks: list
+    init: Any = None  # training.loop.InitWeights, read from model.init_from
+    fold_models: Any = None  # bundle.ensemble.FoldModels when the fold models are kept for an ensemble bundle
+
+
+def start_run(cfg: DictConfig, kept=None, first: threading.Thread | None = None) -> RunStart:
+    """Everything the app sets up between ``check_run`` and the cross-validation (the benchmarks call it too).
+
+    ``kept``: an ``app.resume.KeptWork`` to follow the run; ``first``: a thread (imports on the way
+    to the first training step) the slow-to-import callbacks wait for.
+    """
     init = None
     if cfg.model.init_from:
         from esc_sweep.bundle.format import read_init_weights  # deferred: the bundle code (~4 s), only with init_from
 
         init = read_init_weights(cfg.model.init_from)
     _share_cores_between_trials(cfg)
-    callbacks = build_callbacks(cfg, first=warm_up)
-    progress = TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds) * cfg.trainer.repeats)
+    callbacks = [TrainingProgress(cfg.trainer.progress, len(cfg.trainer.folds) * cfg.trainer.repeats),
+                 *build_callbacks(cfg, first=first)]
     if kept is not None:
         callbacks.append(kept)
     fold_models = None
@@ -136,89 +143,45 @@ def run(cfg: DictConfig, kept=None) -> float:
 
         fold_models = FoldModels()  # CPU copies of the fold models, for the fold ensemble bundle
         callbacks.append(fold_models)
-    cv = cross_validate(cfg, [progress, *callbacks], init=init, mark_complete=False)
+    return RunStart(callbacks, init, fold_models)
+
+
+def run(cfg: DictConfig, kept=None) -> float:
+    """Check, cross-validate, write results.json, save the bundles. Returns ``CVResult.objective``
+    (what a sweep maximises: the inner split's mean accuracy with ``trainer.validation=inner``,
+    else the test folds' mean accuracy); NaN after a dry run (``trainer.dry_run``).
+
+    ``kept``: an ``app.resume.KeptWork`` to follow the run (what Ctrl-C leaves to resume).
+    """
+    # Building the first optimizer imports torch._dynamo (~1 s, for a decorator):
+    # importing it now overlaps that with loading the data.
+    warm_up = import_in_background("torch._dynamo")
+    # deferred: torch and the trainer (~5 s): `esc-sweep --help` imports this module for Hydra's help
+    from esc_sweep.app.report import print_results, write_results
+    from esc_sweep.app.save_bundle import final_fit_and_save, save_fold_ensemble  # deferred: as above
+    from esc_sweep.training.cv import cross_validate, mark_cv_complete  # deferred: as above
+
+    proof = check_run(cfg)
+    if cfg.trainer.dry_run:
+        console.print(f"[bold green]dry run passed[/]: {cfg.model.name} ({proof.num_parameters:,} parameters) on "
+                      f"{proof.device}, input {proof.feature_shape} (training {proof.train_shape}), "
+                      f"{proof.num_classes} classes; no data was read")
+        return float("nan")
+    start = start_run(cfg, kept, first=warm_up)
+    cv = cross_validate(cfg, start.callbacks, init=start.init, mark_complete=False)
     print_results(cv)  # stdout; progress and errors go to stderr
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     # Bundles are also logged to the MLflow run of this cross-validation; results.json names it.
-    run_id = next((cb.parent_run_id for cb in callbacks if getattr(cb, "parent_run_id", None)), None)
+    run_id = next((cb.parent_run_id for cb in start.callbacks if getattr(cb, "parent_run_id", None)), None)
     path = write_results(cv, output_dir, {"mlflow_run_id": run_id} if run_id else None)
     log.info("results written to %s", path)
     if cfg.trainer.final_fit:
-        final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=init)
-    if fold_models is not None:
-        save_fold_ensemble(cfg, cv, fold_models, output_dir, run_id=run_id)
+        final_fit_and_save(cfg, cv, output_dir, run_id=run_id, init=start.init)
+    if start.fold_models is not None:
+        save_fold_ensemble(cfg, cv, start.fold_models, output_dir, run_id=run_id)
     # Only now is the run complete: until here a crash or kill leaves every finished fold resumable.
     mark_cv_complete(cv, cfg)
-    # A sweep maximises this: the inner split's score with trainer.validation=inner (honest), else the test folds'.
     return cv.objective
-
-
-def final_fit_and_save(cfg: DictConfig, cv, output_dir: Path, run_id: str | None = None, init=None) -> Path:
-    """Train on every clip, save the bundle to ``output_dir/bundle``, log it and its plots, draw the plots."""
-    # deferred: plots (matplotlib, ~1.9 s) and the bundle code, only with trainer.final_fit=true
-    from esc_sweep.app.plots import TRAINING_CLIPS_NOTE, log_plots, make_plots
-    from esc_sweep.bundle import load_bundle, save_bundle  # deferred: as above
-    from esc_sweep.bundle.format import BUNDLE_DIR  # deferred: as above
-    from esc_sweep.training.final_fit import final_fit, final_fit_config  # deferred: as above
-
-    epochs = final_fit_config(cfg, cv).trainer.epochs
-    console.print(f"[bold]final fit[/]: training on all clips for {epochs} epochs")
-    fitted = final_fit(cfg, cv, [TrainingProgress(cfg.trainer.progress, 0)], init=init)
-    log_to_run = bool(cfg.tracking.enabled and run_id)
-    path = save_bundle(Path(output_dir) / BUNDLE_DIR, fitted.model, fitted.config, fitted.clips.class_names, cv,
-                       fitted.training, run_id=run_id if log_to_run else None)
-    console.print(f"[bold green]bundle saved[/] to {path}")
-    if log_to_run:
-        # The tracker has ended the CV run by now; artifacts and metrics can still be added.
-        log_folder(resolve_tracking_uri(cfg), run_id, path, BUNDLE_DIR,
-                   {f"final_fit_{k}": fitted.training.get(k) for k in ("train_acc", "train_loss", "seconds")})
-        console.print(f"bundle logged to MLflow run {run_id} (artifact '{BUNDLE_DIR}/')")
-    elif cfg.tracking.enabled:
-        log.warning("tracking is on but no MLflow run id is known: the bundle was saved to disk only")
-
-    # Pictures of the data, the bundle's predictions and the CV results. The
-    # bundle is reloaded from disk, which also proves the saved files work.
-    bundle = load_bundle(path, device=fitted.device)
-    plots = make_plots(
-        Path(output_dir) / "plots", class_names=fitted.clips.class_names,
-        cv=cv.to_dict() if cv is not None else None, clips=fitted.clips, bundle=bundle,
-        predictions_note=TRAINING_CLIPS_NOTE,
-    )
-    if log_to_run:
-        log_plots(plots, run_id, resolve_tracking_uri(cfg))
-    console.print(f"{len(plots)} plots written to {Path(output_dir) / 'plots'}")
-    return path
-
-
-def save_fold_ensemble(cfg: DictConfig, cv, fold_models, output_dir: Path, run_id: str | None = None) -> Path | None:
-    """Save the CV's fold models as one bundle (``output_dir/bundle_ensemble``) and log it to the run.
-
-    No honest score comes with it: every fold was in some member's training set. It can be
-    scored only on clips outside all the members' training folds (bundle.json lists them).
-    """
-    from esc_sweep.bundle import load_bundle  # deferred: the bundle code, only with a final fit
-    from esc_sweep.bundle.format import ENSEMBLE_DIR, save_ensemble_bundle  # deferred: as above
-
-    if fold_models.missing:
-        log.warning("fold ensemble: fold(s) %s were restored from checkpoints, their models were not kept; "
-                    "the ensemble holds folds %s", fold_models.missing, sorted(fold_models.states))
-    # trainer.keep_fold_models keeps even one fold model (scored on its own held-out fold); a final fit's
-    # companion ensemble needs two.
-    needed = 1 if cfg.trainer.keep_fold_models else 2
-    if len(fold_models.states) < needed:
-        log.warning("fold ensemble not saved: fewer than %d fold models were trained in this run", needed)
-        return None
-    log_to_run = bool(cfg.tracking.enabled and run_id)
-    path = save_ensemble_bundle(Path(output_dir) / ENSEMBLE_DIR, fold_models.states, cfg, cv.class_names, cv,
-                                run_id=run_id if log_to_run else None)
-    load_bundle(path)  # proves the saved files load
-    count = len(fold_models.states)
-    console.print(f"[bold green]fold ensemble saved[/] to {path} ({count} fold model{'s' if count != 1 else ''}, "
-                  f"predict averages them)")
-    if log_to_run:
-        log_folder(resolve_tracking_uri(cfg), run_id, path, ENSEMBLE_DIR)
-        console.print(f"fold ensemble logged to MLflow run {run_id} (artifact '{ENSEMBLE_DIR}/')")
-    return path
 
 
 def _in_multirun() -> bool:

@@ -120,7 +120,10 @@ class _FolderLock:
 
 
 def lock_folder(directory: Path) -> _FolderLock | None:
-    """Hold ``directory``'s lock for this process; TrainingError naming the other run's pid when another has it."""
+    """Hold ``directory`'s lock for this process; TrainingError naming the other run's pid when another has it.
+
+    None where the platform has no ``fcntl`` (Windows): the folder is then not locked.
+    """
     if fcntl is None:
         return None
     key = os.path.realpath(directory)

@@ -25,7 +25,8 @@ from esc_sweep.features.frontends import augment_domain, frames_per_second as st
 from esc_sweep.features.transforms import build_features
 from esc_sweep.models import checkpoint_front_end_mismatches, count_parameters, create_model
 from esc_sweep.runtime import pick_device
-from esc_sweep.training.loop import autocast, make_trainee, train_step
+from esc_sweep.training.amp import autocast
+from esc_sweep.training.loop import make_trainee, train_step
 
 T = TypeVar("T")
 # A spectrogram bigger than this per clip is a config mistake, not a recipe (float32: 256 MiB).

@@ -18,7 +18,7 @@ from torch import nn
 from esc_sweep.data import ClipSet
 from esc_sweep.runtime import pick_device, seed_everything
 from esc_sweep.training.callbacks import Callback, CallbackList
-from esc_sweep.training.cv import prepare
+from esc_sweep.training.fold import prepare
 from esc_sweep.training.distill import fold_targets, read_teacher
 from esc_sweep.training.loop import InitWeights, TrainingData, fit
 

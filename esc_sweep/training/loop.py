@@ -7,15 +7,19 @@ loop does no per-clip Python work, and the loss is summed on the device and
 read once per epoch (one host synchronisation). Given a ``FoldProgress``,
 ``fit`` saves its whole state every ``trainer.checkpoint_every`` epochs and
 resumes from a saved one with the numbers an uninterrupted run gets.
+
+``fit``'s epoch loop reads top to bottom; what happens around it is named beside
+it: ``resume`` (a state saved part-way), ``evaluate_epoch`` (the epoch's
+evaluations), ``EpochsDone.should_stop`` (early stopping), ``save_checkpoint``
+and ``finish`` (the last record's end-of-run fix-ups).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +34,7 @@ from esc_sweep.features.store import Spectrograms
 from esc_sweep.models import Classifier, count_parameters, create_model
 from esc_sweep.models.init_from import load_backbone_weights
 from esc_sweep.training import metrics
+from esc_sweep.training.amp import autocast
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.training.checkpoint import FoldProgress
 from esc_sweep.training.optim import build_optimizer, build_scheduler
@@ -61,12 +66,6 @@ class InitWeights:
     source: str
     model_name: str
     width: Any = None
-
-
-def autocast(cfg: DictConfig, device: torch.device):
-    if cfg.trainer.amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, smoothing: float) -> torch.Tensor:
@@ -202,6 +201,33 @@ def build_model(
     return model
 
 
+@dataclass
+class EpochsDone:
+    """What the epochs carry forward: epochs done, their records, the last validation, early stopping's count."""
+
+    epoch: int = 0  # epochs done
+    history: list[dict[str, float]] = field(default_factory=list)
+    val: dict[str, Any] | None = None  # the last evaluation on data.val_index
+    best_val: float = -1.0  # the best deciding accuracy so far (early stopping)
+    epochs_without_gain: int = 0
+
+    def should_stop(self, record: dict[str, Any], cfg: DictConfig) -> bool:
+        """Early stopping: whether ``trainer.early_stopping_patience`` epochs passed without a better score.
+
+        It reads the split trainer.validation names: the inner split (honest) or the test fold
+        (optimistic); validate() refuses patience with validation=none.
+        """
+        tc = cfg.trainer
+        deciding = record.get("inner_acc") if tc.validation == "inner" else record.get("val_acc")
+        if tc.early_stopping_patience <= 0 or deciding is None:
+            return False
+        if deciding > self.best_val:
+            self.best_val, self.epochs_without_gain = deciding, 0
+            return False
+        self.epochs_without_gain += 1
+        return self.epochs_without_gain >= tc.early_stopping_patience
+
+
 def _device_rng_state(device: torch.device) -> torch.Tensor | None:
     if device.type == "cuda":
         return torch.cuda.get_rng_state(device)
@@ -210,11 +236,8 @@ def _device_rng_state(device: torch.device) -> torch.Tensor | None:
     return None
 
 
-def training_state(
-    trainee: Trainee, generator: torch.Generator, epoch: int, history: list[dict[str, float]],
-    val: dict[str, Any] | None, best_val: float, epochs_without_gain: int,
-) -> dict[str, Any]:
-    """Everything the epochs after ``epoch`` depend on.
+def training_state(trainee: Trainee, generator: torch.Generator, done: EpochsDone) -> dict[str, Any]:
+    """Everything the epochs after ``done.epoch`` depend on.
 
     Random numbers: the epoch order comes from ``generator``; augmentation (torch.rand,
     randint, randperm, Beta on the training device) and dropout draw from the global torch
@@ -222,27 +245,25 @@ def training_state(
     ``random`` or NumPy, so their states are not needed.
     """
     return {
-        "epoch": epoch,
+        "epoch": done.epoch,
         "model": trainee.model.state_dict(),
         "ema": trainee.ema.state_dict() if trainee.ema is not None else None,
         "optimizer": trainee.optimizer.state_dict(),
         "scheduler": trainee.scheduler.state_dict(),
-        "history": history,
-        "val": val,
-        "best_val": best_val,
-        "epochs_without_gain": epochs_without_gain,
+        "history": done.history,
+        "val": done.val,
+        "best_val": done.best_val,
+        "epochs_without_gain": done.epochs_without_gain,
         "rng": {"cpu": torch.get_rng_state(), "epoch_order": generator.get_state(),
                 "device_type": trainee.device.type, "device": _device_rng_state(trainee.device)},
     }
 
 
-def restore_training_state(
-    state: dict[str, Any], trainee: Trainee, generator: torch.Generator
-) -> tuple[int, list[dict[str, float]], dict[str, Any] | None, float, int]:
+def restore_training_state(state: dict[str, Any], trainee: Trainee, generator: torch.Generator) -> EpochsDone:
     """Load ``state`` (from ``training_state``) into ``trainee`` and the random generators.
 
-    Returns (epochs done, history, last validation, best deciding accuracy, epochs without
-    gain). Raises ValueError, before changing anything, when the state is another model's.
+    Returns the epochs' progress it holds. Raises ValueError, before changing anything,
+    when the state is another model's.
     """
     current = trainee.model.state_dict()
     saved = state["model"]
@@ -263,7 +284,39 @@ def restore_training_state(
             torch.cuda.set_rng_state(rng["device"], trainee.device)
         elif trainee.device.type == "mps":
             torch.mps.set_rng_state(rng["device"])
-    return state["epoch"], state["history"], state["val"], state["best_val"], state["epochs_without_gain"]
+    return EpochsDone(state["epoch"], state["history"], state["val"], state["best_val"], state["epochs_without_gain"])
+
+
+def resume(
+    progress: FoldProgress | None, trainee: Trainee, generator: torch.Generator, fold: int, callbacks: Callback,
+    epochs: int,
+) -> EpochsDone:
+    """The progress saved part-way in ``progress`` (loaded into ``trainee`` and ``generator``), else a fresh start.
+
+    A resumed fold replays its saved epochs to the callbacks (curves, progress, pruning see every
+    epoch, as uninterrupted). A state of another model is ignored with a warning.
+    """
+    saved = progress.load() if progress is not None else None
+    if saved is None:
+        return EpochsDone()
+    try:
+        done = restore_training_state(saved, trainee, generator)
+    except ValueError as exc:
+        log.warning("fold %d: the state saved in %s does not fit this model (%s); training the fold from the "
+                    "start", fold, progress.path, exc)
+        return EpochsDone()
+    log.info("fold %d: resuming after epoch %d of %d (state saved in %s)", fold, done.epoch, epochs, progress.path)
+    for record in done.history:
+        callbacks.on_epoch_end(fold, record["epoch"], record)
+    return done
+
+
+def save_checkpoint(
+    progress: FoldProgress | None, trainee: Trainee, generator: torch.Generator, done: EpochsDone, epochs: int
+) -> None:
+    """Save the training state when ``trainer.checkpoint_every`` says so (never after the last epoch)."""
+    if progress is not None and progress.due(done.epoch) and done.epoch < epochs:
+        progress.save(training_state(trainee, generator, done))
 
 
 # The values of an epoch record that must be finite, with the words an error uses for them. A NaN
@@ -290,6 +343,44 @@ def check_finite(record: dict[str, Any], fold: int, cfg: DictConfig) -> None:
         )
 
 
+def evaluate_epoch(
+    record: dict[str, Any], eval_model: nn.Module, data: TrainingData, cfg: DictConfig, device: torch.device,
+    done: EpochsDone,
+) -> None:
+    """Add the epoch's evaluations to ``record``: the training rows (every ``trainer.train_eval_every``
+    epochs and the last), the inner split and the held-out fold (``done.val``) when there are any."""
+    tc = cfg.trainer
+    if record["epoch"] == tc.epochs or record["epoch"] % tc.train_eval_every == 0:
+        train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
+        record["train_acc"] = train_eval["acc"]
+        record["train_eval_loss"] = train_eval["loss"]
+    if data.select_index is not None and len(data.select_index):
+        inner = evaluate(eval_model, data, data.select_index, cfg, device)
+        record.update(inner_loss=inner["loss"], inner_acc=inner["acc"], inner_map3=inner["map3"])
+    if data.val_index is not None:
+        done.val = evaluate(eval_model, data, data.val_index, cfg, device)
+        record.update(val_loss=done.val["loss"], val_acc=done.val["acc"], val_f1=done.val["f1"],
+                      val_map3=done.val["map3"])
+        if "train_acc" in record:
+            record["gap"] = record["train_acc"] - done.val["acc"]
+
+
+def finish(eval_model: nn.Module, data: TrainingData, cfg: DictConfig, device: torch.device, fold: int,
+           done: EpochsDone) -> None:
+    """End-of-run fix-ups of the last epoch's record: its training accuracy when early stopping came
+    between train evaluations, and the test-time-crop accuracy (``trainer.tta_crops``), scored once."""
+    last = done.history[-1]
+    if "train_acc" not in last:
+        train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
+        last["train_acc"] = train_eval["acc"]
+        last["train_eval_loss"] = train_eval["loss"]
+        if done.val is not None:
+            last["gap"] = train_eval["acc"] - done.val["acc"]
+        check_finite(last, fold, cfg)
+    if data.val_index is not None and cfg.trainer.tta_crops > 1:
+        last["val_acc_tta"] = evaluate_tta(eval_model, data, data.val_index, cfg, device)["acc"]
+
+
 def fit(
     cfg: DictConfig,
     data: TrainingData,
@@ -301,10 +392,10 @@ def fit(
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, Any] | None]:
     """Train one model; evaluate on ``data.val_index`` after each epoch when given.
 
-    Returns the model used for evaluation (the EMA model when enabled), the
-    per-epoch history and the last validation evaluation. ``fold`` 0 is the
-    final fit on all the data. ``progress``: where the training state is saved
-    part-way and, when a state is saved there already, resumed from.
+    Returns the trained model (the EMA model when enabled), the per-epoch history and the
+    last validation evaluation (None without ``data.val_index``). ``fold`` 0 is the final fit
+    on all the data. ``progress``: where the training state is saved part-way and, when a
+    state is saved there already, resumed from.
     """
     tc = cfg.trainer
     model = build_model(cfg, data, device, init)
@@ -319,24 +410,9 @@ def fit(
     eval_model = trainee.ema if trainee.ema is not None else model
     eye = torch.eye(data.num_classes, device=device)
     generator = torch.Generator(device="cpu").manual_seed(tc.seed * 1000 + fold)
+    done = resume(progress, trainee, generator, fold, callbacks, tc.epochs)
 
-    history: list[dict[str, float]] = []
-    val = None
-    best_val, epochs_without_gain = -1.0, 0
-    start_epoch = 0
-    saved = progress.load() if progress is not None else None
-    if saved is not None:
-        try:
-            start_epoch, history, val, best_val, epochs_without_gain = restore_training_state(saved, trainee, generator)
-        except ValueError as exc:
-            log.warning("fold %d: the state saved in %s does not fit this model (%s); training the fold from the "
-                        "start", fold, progress.path, exc)
-        else:
-            log.info("fold %d: resuming after epoch %d of %d (state saved in %s)",
-                     fold, start_epoch, tc.epochs, progress.path)
-            for record in history:  # the callbacks (curves, progress, pruning) see every epoch, as uninterrupted
-                callbacks.on_epoch_end(fold, record["epoch"], record)
-    for epoch in range(start_epoch, tc.epochs):
+    for epoch in range(done.epoch + 1, tc.epochs + 1):
         started = time.perf_counter()
         model.train()
         order = data.train_index[torch.randperm(len(data.train_index), generator=generator).to(device)]
@@ -351,53 +427,22 @@ def fit(
             x, soft_targets = augment(data.spectrograms[batch_index], targets)
             loss_sum += train_step(trainee, x, soft_targets)
             callbacks.on_step_end(fold, step + 1)
-
-        # One host synchronisation per epoch.
-        train_loss = float(loss_sum) / steps_per_epoch
+        train_loss = float(loss_sum) / steps_per_epoch  # one host synchronisation per epoch
         train_seconds = time.perf_counter() - started
-        record = {"epoch": epoch + 1, "train_loss": train_loss, "lr": trainee.scheduler.get_last_lr()[0]}
-        last_epoch = epoch + 1 == tc.epochs
-        if last_epoch or (epoch + 1) % tc.train_eval_every == 0:
-            train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
-            record["train_acc"] = train_eval["acc"]
-            record["train_eval_loss"] = train_eval["loss"]
-        if data.select_index is not None and len(data.select_index):
-            inner = evaluate(eval_model, data, data.select_index, cfg, device)
-            record.update(inner_loss=inner["loss"], inner_acc=inner["acc"], inner_map3=inner["map3"])
-        if data.val_index is not None:
-            val = evaluate(eval_model, data, data.val_index, cfg, device)
-            record.update(val_loss=val["loss"], val_acc=val["acc"], val_f1=val["f1"], val_map3=val["map3"])
-            if "train_acc" in record:
-                record["gap"] = record["train_acc"] - val["acc"]
+        record = {"epoch": epoch, "train_loss": train_loss, "lr": trainee.scheduler.get_last_lr()[0]}
+        evaluate_epoch(record, eval_model, data, cfg, device, done)
         record["epoch_seconds"] = time.perf_counter() - started
         record["train_seconds"] = train_seconds
         record["eval_seconds"] = record["epoch_seconds"] - train_seconds
-        # Before anyone sees the epoch: a NaN never reaches a table, a curve or a pruner.
-        check_finite(record, fold, cfg)
-        history.append(record)
-        callbacks.on_epoch_end(fold, epoch + 1, record)
+        check_finite(record, fold, cfg)  # before anyone sees the epoch: a NaN never reaches a table or a pruner
+        done.history.append(record)
+        done.epoch = epoch
+        callbacks.on_epoch_end(fold, epoch, record)
+        if done.should_stop(record, cfg):
+            break
+        save_checkpoint(progress, trainee, generator, done, tc.epochs)
 
-        # Early stopping reads the split trainer.validation names: the inner split (honest) or the
-        # test fold (optimistic); validate() refuses patience with validation=none.
-        deciding = record.get("inner_acc") if tc.validation == "inner" else record.get("val_acc")
-        if tc.early_stopping_patience > 0 and deciding is not None:
-            if deciding > best_val:
-                best_val, epochs_without_gain = deciding, 0
-            else:
-                epochs_without_gain += 1
-                if epochs_without_gain >= tc.early_stopping_patience:
-                    break
-        if progress is not None and progress.due(epoch + 1) and epoch + 1 < tc.epochs:
-            progress.save(training_state(trainee, generator, epoch + 1, history, val, best_val, epochs_without_gain))
-    if "train_acc" not in history[-1]:  # stopped early between train evaluations
-        train_eval = evaluate(eval_model, data, data.train_index, cfg, device)
-        history[-1]["train_acc"] = train_eval["acc"]
-        history[-1]["train_eval_loss"] = train_eval["loss"]
-        if val is not None:
-            history[-1]["gap"] = train_eval["acc"] - val["acc"]
-        check_finite(history[-1], fold, cfg)
-    if data.val_index is not None and tc.tta_crops > 1:  # test-time crops: scored once, after training
-        history[-1]["val_acc_tta"] = evaluate_tta(eval_model, data, data.val_index, cfg, device)["acc"]
+    finish(eval_model, data, cfg, device, fold, done)
     final_model = trainee.ema.module if trainee.ema is not None else model
     callbacks.on_model_trained(fold, final_model)
-    return final_model, history, val
+    return final_model, done.history, done.val

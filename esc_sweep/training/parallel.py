@@ -2,7 +2,7 @@
 
 ``trainer.parallel_folds=N`` starts N worker processes (``spawn``). Each worker
 loads the clips and their spectrograms once (from the caches the parent just
-filled), then takes folds from a queue and trains them with ``cv.run_fold``, the
+filled), then takes folds from a queue and trains them with ``fold.run_fold``, the
 same function a sequential run calls. A fold's result depends only on the
 config, the fold's own seed and the worker's thread count, so with the same
 ``trainer.num_threads`` a parallel run gives bit-identical fold results to a
@@ -38,13 +38,15 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep import errors
 from esc_sweep.training.callbacks import Callback
+from esc_sweep.training.checkpoint import FoldCheckpoints
+from esc_sweep.training.fold import prepare, run_fold
 from esc_sweep.training.results import FoldResult
 
 log = logging.getLogger(__name__)
@@ -161,15 +163,13 @@ def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir,
     torch.set_num_threads(plan.threads)
     cfg = OmegaConf.create(config)
     try:
-        from esc_sweep.training import cv  # deferred: esc_sweep.training.cv imports this module (cycle)
-
         device = torch.device(plan.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        clips, spectrograms, targets = cv.prepare(cfg, device)
+        clips, spectrograms, targets = prepare(cfg, device)
         # In-fold training state (trainer.checkpoint_every) is saved where a sequential run saves it.
         # The parent holds the folder's lock for the whole run (and it is released when the parent dies).
-        checkpoints = cv.FoldCheckpoints(checkpoint_dir, lock=False) if checkpoint_dir is not None else None
+        checkpoints = FoldCheckpoints(checkpoint_dir, lock=False) if checkpoint_dir is not None else None
     except BaseException as error:  # noqa: BLE001 - reported to the parent, which raises it
         events.put(("error", None, _describe(error)))
         return
@@ -179,7 +179,7 @@ def _worker(config: dict, plan: WorkerPlan, folds, events, init, checkpoint_dir,
         if fold is None:
             return
         try:
-            result = cv.run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init, checkpoints)
+            result = run_fold(cfg, clips, spectrograms, targets, fold, device, callbacks, init, checkpoints)
             # As bytes: a tensor sent through the queue is shared by a handle that dies with this process.
             buffer = io.BytesIO()
             torch.save(callbacks.trained_model.to("cpu"), buffer)

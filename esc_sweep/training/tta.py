@@ -28,6 +28,7 @@ from torch import nn
 
 from esc_sweep.features.frontends import frames_per_second
 from esc_sweep.training import metrics
+from esc_sweep.training.amp import autocast
 
 # Crop length for models trained on whole clips (augmentation.crop_seconds=0): 4 s of a 5 s clip.
 DEFAULT_CROP_FRACTION = 0.8
@@ -68,8 +69,6 @@ def averaged_log_probabilities(
 def evaluate_tta(model: nn.Module, data: Any, index: torch.Tensor, cfg: Any, device: torch.device) -> dict[str, Any]:
     """Accuracy, macro-F1 and confusion of ``model`` on rows ``index`` of ``data`` (a ``loop.TrainingData``),
     each clip classified from ``trainer.tta_crops`` crops."""
-    from esc_sweep.training.loop import autocast  # deferred: esc_sweep.training.loop imports this module (cycle)
-
     model.eval()
     crops = int(cfg.trainer.tta_crops)
     steps_per_second = frames_per_second(cfg.features)  # frames, or samples for waveforms

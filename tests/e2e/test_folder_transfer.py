@@ -137,7 +137,7 @@ def source_bundle(tmp_path_factory):
 def build_new_model(data_root: Path, cache: Path, extra: list[str]):
     """The trainer's build_model on the folder data, exactly as a fold would call it."""
     from esc_sweep.bundle import read_init_weights
-    from esc_sweep.training.cv import prepare
+    from esc_sweep.training.fold import prepare
     from esc_sweep.training.loop import TrainingData, build_model
 
     cfg = compose_config(FAST + ["dataset=folder", f"dataset.root={data_root}", "dataset.num_folds=4",

@@ -23,7 +23,8 @@ from esc_sweep.training.callbacks import Callback
 from esc_sweep.training.checkpoint import FoldCheckpoints
 from esc_sweep.models import register_model
 from esc_sweep.runtime import pick_device
-from esc_sweep.training.cv import cross_validate, prepare, run_fold
+from esc_sweep.training.cv import cross_validate
+from esc_sweep.training.fold import prepare, run_fold
 from tests.conftest import FAST_SYNTHETIC, compose_config, run_cli
 from tests.e2e.conftest import interrupt_cli
 

@@ -11,7 +11,7 @@ from esc_sweep.config import validate
 from esc_sweep.errors import ConfigError
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.training.checkpoint import FoldCheckpoints, config_key
-from esc_sweep.training.cv import prepare, run_fold
+from esc_sweep.training.fold import prepare, run_fold
 from tests.conftest import FAST_SYNTHETIC, compose_config
 
 # Everything that draws random numbers or carries state across epochs: augmentation (gain, shifts,
