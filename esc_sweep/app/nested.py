@@ -44,6 +44,7 @@ from esc_sweep.console import console
 from esc_sweep.errors import ConfigError, EscSweepError
 from esc_sweep.paths import CONFIG_DIR, write_text_atomically
 from esc_sweep.stats import mean_interval
+from esc_sweep.sweep.messages import override_value  # no Optuna: quotes values as the sweeper does
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
 # Keys the nested procedure sets itself for each outer fold.
@@ -227,9 +228,7 @@ class NestedCV:
         run_dir = self.dir / f"outer{fold}" / "refit"
         searched = set(params)
         fixed = [o for o in self.plan.overrides if _key(o) not in searched]
-        from esc_sweep.sweep.sweeper import _override_value  # deferred: optuna (~0.8 s), as the sweeper quotes them
-
-        cmd = [sys.executable, "-m", "esc_sweep", *fixed, *(f"{k}={_override_value(v)}" for k, v in params.items()),
+        cmd = [sys.executable, "-m", "esc_sweep", *fixed, *(f"{k}={override_value(v)}" for k, v in params.items()),
                f"trainer.folds=[{fold}]", "trainer.validation=none", "trainer.early_stopping_patience=0",
                f"hydra.run.dir={run_dir}"]
         if self.run_id:

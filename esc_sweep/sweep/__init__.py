@@ -1,3 +1,8 @@
-"""Optuna, both sides of a trial: sweeper (the Hydra sweeper's implementation; the
-plugin in hydra_plugins/ is a thin shim), reporter (the trial side: reports folds,
-raises when pruned), storage, search_spaces, report (the study summary)."""
+"""Optuna, both sides of a trial.
+
+The sweeper's side: sweeper (the sweep loop; the plugin in hydra_plugins/ is a thin shim),
+accounting (which trials count towards n_trials, failures), identity (which study a search
+goes into: its recorded search, settings and objective name), storage (URLs, locks,
+heartbeats), report (the study summary), messages (its error type and override quoting),
+optuna_private (every private Optuna / plugin API, in one place), search_spaces. The trial's
+side: reporter (reports folds, raises when pruned)."""

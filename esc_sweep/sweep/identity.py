@@ -1,4 +1,7 @@
-"""What a study's objective means, so that a study never mixes trials that measure different things.
+"""Search identity: what a study's objective means, so that a study never mixes trials that measure
+different things. Two records are stored with a study: the search (``space_record``: parameters and
+their ranges, directions, objective names; checked by ``check_space``) and the fixed settings
+(``objective_identity``; checked by ``check_settings``). The study names derive from both.
 
 A trial's value is only comparable with another's when everything the search does
 not vary is the same: the data (dataset kind, root, classes, label kind, folds), the
@@ -8,7 +11,7 @@ composed config without the searched keys and without the keys that cannot chang
 result (tracking, progress display, checkpoint places, threads, device choice). It
 is stored with the study (user attribute ``esc_sweep.objective_identity``).
 
-The sweeper uses it in two ways (``EscOptunaSweeperImpl.sweep``):
+The sweeper uses the settings record in two ways (``EscOptunaSweeperImpl.sweep``):
 
 * study name from the search config (the default): the study of that name is resumed
   only when its record matches; otherwise the study ``<name>-<hash of the record>`` is
@@ -25,12 +28,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from typing import Any, Iterable, Mapping
+import re
+from typing import Any, Iterable, Mapping, Sequence
 
+import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import distribution_to_json
+
+from esc_sweep.sweep.messages import SweepError
+
+log = logging.getLogger(__name__)
 
 IDENTITY_ATTR = "esc_sweep.objective_identity"
+# Study user attribute holding the search the study was made for (``space_record``).
+SPACE_ATTR = "esc_sweep.search_space"
 # Study attribute holding the fingerprint of the data the first trial read (checked by every trial).
 DATA_FINGERPRINT_ATTR = "esc_sweep.data_fingerprint"
 
@@ -121,3 +134,159 @@ def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any], limit: 
     if len(keys) > limit:
         parts.append(f"and {len(keys) - limit} more")
     return ", ".join(parts)
+
+
+# ------------------------------------------------------------------ what the objective is called
+
+# The objective esc_sweep's trainer returns (``CVResult.objective``), named for what it averages: the
+# inner split's score with trainer.validation=inner, else the test folds'; of trainer.objective's metric
+# (acc: accuracy, map3: MAP@3). mean_inner_or_val_<metric>: the search varies trainer.validation.
+VALIDATION_PREFIX = {"inner": "mean_inner", "test_fold": "mean_val", "none": "mean_val"}
+SEARCHED_VALIDATION_PREFIX = "mean_inner_or_val"
+METRICS = ("acc", "map3")
+
+
+def objective_name(validation: Any, searched: bool = False, metric: Any = "acc") -> str:
+    """What esc_sweep's objective is under ``trainer.validation`` (``searched``: the search varies it)
+    and ``trainer.objective`` (``metric``)."""
+    prefix = SEARCHED_VALIDATION_PREFIX if searched else VALIDATION_PREFIX.get(str(validation), "mean_val")
+    return f"{prefix}_{metric if str(metric) in METRICS else 'acc'}"
+
+
+def _comparable(space: Mapping[str, Any] | None) -> Any:
+    """``space`` with esc_sweep's objective names as earlier versions recorded them: ``mean_val_<metric>``
+    whatever trainer.validation was, so studies (and study names) made then still resume."""
+    if not isinstance(space, Mapping):
+        return space
+    ours = {objective_name(v, s, m): f"mean_val_{m}"
+            for v in VALIDATION_PREFIX for s in (False, True) for m in METRICS}
+    return {**space, "objectives": [ours.get(n, n) for n in space.get("objectives") or []]}
+
+
+# ------------------------------------------------------------------ the search and the study it goes into
+
+def space_record(distributions: Mapping[str, Any], directions: Sequence[str], names: Sequence[str],
+                 custom_search_space: str | None) -> dict[str, Any]:
+    """The search as stored with its study: parameters with their ranges, directions, objective names."""
+    return {
+        "params": {name: json.loads(distribution_to_json(d)) for name, d in sorted(distributions.items())},
+        "directions": list(directions),
+        "objectives": list(names),
+        "custom_search_space": custom_search_space,
+    }
+
+
+def default_study_name(space: Mapping[str, Any], search_name: str | None) -> str:
+    """<search or config name>-<hash of the search>: two different searches never share a study."""
+    digest_text = hashlib.sha1(json.dumps(_comparable(space), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(search_name or 'study'))}-{digest_text}"
+
+
+def study_for(storage: optuna.storages.BaseStorage, base: str, space: Mapping[str, Any],
+              settings: Mapping[str, Any], where: str) -> str:
+    """The study for this search and these settings: ``base`` when that study is free, made for the
+    same (or by an earlier esc_sweep that recorded nothing); else ``<base>-<hash of both>``.
+    ``where``: the storage as a message names it."""
+    studies = {s.study_name: s for s in storage.get_all_studies()}
+    derived = f"{base}-{digest({'space': _comparable(space), 'settings': settings})}"
+    for name in (base, derived):
+        study = studies.get(name)
+        if study is None:
+            return name
+        stored_space = _comparable(study.user_attrs.get(SPACE_ATTR))
+        stored_settings = study.user_attrs.get(IDENTITY_ATTR)
+        if stored_settings == settings and stored_space == _comparable(space):
+            return name
+        if stored_settings is None and stored_space in (None, _comparable(space)):  # made before settings were recorded
+            return name
+    raise SweepError(f"studies {base!r} and {derived!r} in {where} were both made "
+                     "for other settings; name a new one with hydra.sweeper.study_name=<name>")
+
+
+def check_settings(study: optuna.Study, settings: Mapping[str, Any], where: str) -> None:
+    """Record the fixed settings with a new study; refuse to resume a study made with other settings."""
+    stored = study.user_attrs.get(IDENTITY_ATTR)
+    if stored is None:
+        if study.get_trials(deepcopy=False):
+            log.warning("study %s was made by an earlier esc_sweep that did not record its data and fixed "
+                        "settings: recorded now from this command (its earlier trials cannot be checked)",
+                        study.study_name)
+        study.set_user_attr(IDENTITY_ATTR, settings)
+        return
+    if stored != settings:
+        raise SweepError(
+            f"study {study.study_name!r} in {where} was run with other settings: "
+            f"{describe_differences(stored, settings)}. Its trials would not be comparable: resume it "
+            "with its own settings, or start another study (another hydra.sweeper.study_name, or leave it "
+            "unset for one derived from the settings)"
+        )
+
+
+def check_space(study: optuna.Study, space: Mapping[str, Any], distributions: Mapping[str, Any], where: str) -> None:
+    """Record the search with a new study; refuse to resume a study made for another search.
+
+    Objective names an earlier esc_sweep recorded (``mean_val_<metric>``) match today's: see ``rename_objectives``."""
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        differences = legacy_differences(study, space, distributions)
+    else:
+        differences = space_differences(stored, space)
+        if _comparable(stored)["objectives"] == _comparable(space)["objectives"]:  # only renamed (_comparable)
+            differences = [d for d in differences if not d.startswith("objectives ")]
+    if differences:
+        raise SweepError(
+            f"study {study.study_name!r} in {where} was made for another search "
+            f"({'; '.join(differences)}): resume it with its own search, or start another study "
+            "(hydra.sweeper.study_name=<new name>, or null for one derived from the search)"
+        )
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, dict(space))
+
+
+def rename_objectives(study: optuna.Study, space: Mapping[str, Any]) -> None:
+    """Give a study's recorded search today's objective names (once ``check_space`` and
+    ``check_settings`` accepted it): an earlier esc_sweep called every objective ``mean_val_acc``."""
+    if study.user_attrs.get(SPACE_ATTR) != space:
+        study.set_user_attr(SPACE_ATTR, dict(space))
+
+
+def space_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two search records, in words (empty when they are the same search)."""
+    def canon(value: Any) -> str:
+        return json.dumps(value, sort_keys=True)
+
+    out = []
+    old_params, new_params = old.get("params", {}), new.get("params", {})
+    added = sorted(set(new_params) - set(old_params))
+    removed = sorted(set(old_params) - set(new_params))
+    changed = sorted(n for n in set(old_params) & set(new_params) if canon(old_params[n]) != canon(new_params[n]))
+    if added:
+        out.append(f"new parameters {', '.join(added)}")
+    if removed:
+        out.append(f"parameters no longer searched {', '.join(removed)}")
+    if changed:
+        out.append(f"other ranges for {', '.join(changed)}")
+    for key in ("directions", "objectives", "custom_search_space"):
+        if canon(old.get(key)) != canon(new.get(key)):
+            out.append(f"{key} {old.get(key)} -> {new.get(key)}")
+    return out
+
+
+def legacy_differences(study: optuna.Study, space: Mapping[str, Any], distributions: Mapping[str, Any]) -> list[str]:
+    """A study without a recorded search (new, or made by the Optuna plugin or an older esc_sweep):
+    compare with what its trials show."""
+    out = []
+    directions = [d.name.lower() for d in study.directions]
+    if directions != space["directions"]:
+        out.append(f"directions {directions} -> {space['directions']}")
+    seen: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        seen.update(trial.distributions)
+    changed = sorted(n for n, d in seen.items() if n in distributions and d != distributions[n])
+    if changed:
+        out.append(f"other ranges for {', '.join(changed)}")
+    if not space["custom_search_space"]:
+        gone = sorted(set(seen) - set(distributions))
+        if gone:
+            out.append(f"parameters no longer searched {', '.join(gone)}")
+    return out

@@ -67,7 +67,7 @@ def trial_start_line(number: int, params: Mapping[str, Any]) -> str:
 
 def trial_result_line(number: int, values: Sequence[float], user_attrs: Mapping[str, Any],
                       names: Sequence[str] = ()) -> str:
-    """``trial 3 COMPLETE: mean_val_acc 0.8125 ± 0.0412 over 5 folds (test acc 0.8)``.
+    """``trial 3 COMPLETE: mean_inner_acc 0.8125 ± 0.0412 over 5 folds (test folds acc 0.8)``.
 
     The ± is the standard deviation over folds the trial reporter recorded
     (``objective_std``); a one-fold trial shows none rather than ``± 0``.
@@ -257,6 +257,10 @@ def study_report(
     counts = summary(study, n_trials)
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": storage, **counts}
     metrics: dict[str, float] = dict(counts)
+    # What the values are (e.g. mean_inner_acc under trainer.validation=inner), as the sweeper named them.
+    names = metric_names(study)
+    if names:
+        results["objectives"] = names
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -265,7 +269,7 @@ def study_report(
         best = study.best_trial
         results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
         metrics["best_value"] = best.value
-        console.print(f"[bold]Best trial {best.number}[/]: value {best.value:.4f}")
+        console.print(f"[bold]Best trial {best.number}[/]: {names[0] if names else 'value'} {best.value:.4f}")
         for key, value in best.params.items():
             console.print(f"  {key} = {_fmt(value)}")
         noise = within_noise_of_best(study, best)
@@ -320,6 +324,16 @@ def study_report(
         for figure in figs.values():
             plt.close(figure)
     return results
+
+
+def metric_names(study: optuna.Study) -> list[str]:
+    """The study's objective names (``Study.metric_names``); [] when none were set or they cannot be read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # metric_names is experimental in some Optuna versions
+        try:
+            return list(study.metric_names or [])
+        except Exception:
+            return []
 
 
 def _plain(value: Any) -> Any:

@@ -3,8 +3,9 @@
 The esc_optuna sweeper (hydra_plugins/esc_sweep_sweeper) creates each trial
 in a shared study storage and passes the job ``sweep.storage``,
 ``sweep.study_name`` and ``sweep.trial_number``. ``TrialReporter`` is the
-trainer callback that reports the running mean validation accuracy of that
-trial after each fold (and, with ``sweep.report_epochs``, after each epoch of
+trainer callback that reports the running mean of what the trial's objective
+averages (the test folds' accuracy, or the inner split's with
+``trainer.validation=inner``) after each fold (and, with ``sweep.report_epochs``, after each epoch of
 the first fold) and raises ``optuna.TrialPruned`` when the study's pruner
 says the trial is not worth finishing. The sweeper then records it as PRUNED.
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from esc_sweep.training.callbacks import Callback
 from esc_sweep.errors import ConfigError
+from esc_sweep.sweep import optuna_private
 from esc_sweep.sweep.identity import DATA_FINGERPRINT_ATTR
 from esc_sweep.sweep.storage import open_storage
 
@@ -96,7 +98,8 @@ class TrialReporter(Callback):
             sampler=optuna.samplers.RandomSampler(),
             pruner=pruner or build_pruner(_pruner_spec_from_hydra()),
         )
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, int(sweep.trial_number))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(optuna_private.study_id(self.study),
+                                                                   int(sweep.trial_number))
         self.trial = optuna.Trial(self.study, trial_id)
         # Optuna's pruners (and Trial.report) handle single-objective studies only.
         self.can_prune = len(self.study.directions) == 1
@@ -179,4 +182,6 @@ class TrialReporter(Callback):
             return
         self.trial.report(value, step)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after {where}: mean val acc {value:.4f} at step {step}")
+            # What was reported: the inner split's accuracy with trainer.validation=inner, else the test folds'.
+            what = "mean inner acc" if self.validation == "inner" else "mean val acc"
+            raise optuna.TrialPruned(f"pruned after {where}: {what} {value:.4f} at step {step}")

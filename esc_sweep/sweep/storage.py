@@ -33,6 +33,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
+from esc_sweep.sweep import optuna_private
 from esc_sweep.paths import optuna_storage_url
 from esc_sweep.stores import sqlite_problem
 
@@ -270,7 +271,7 @@ class Liveness:
         if not self.enabled:
             return []
         if self.native:
-            return list(self.storage._get_stale_trial_ids(study._study_id))
+            return optuna_private.rdb_stale_trial_ids(self.storage, study)
         now = time.time()
         stale = []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -278,7 +279,7 @@ class Liveness:
             if last is None and trial.datetime_start is not None:
                 last = trial.datetime_start.timestamp()
             if last is not None and now - float(last) > self.grace_period:
-                stale.append(trial._trial_id)
+                stale.append(optuna_private.trial_id(trial))
         return stale
 
 
@@ -327,9 +328,10 @@ def fail_stale_trials(study: optuna.Study, liveness: Liveness | optuna.storages.
     failed = []
     for trial_id in liveness.stale_trial_ids(study):
         try:
-            study._storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
-            if study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(study._storage.get_trial(trial_id).number)
+            storage = optuna_private.storage_of(study)
+            storage.set_trial_user_attr(trial_id, "fail_reason", STALE_REASON)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(storage.get_trial(trial_id).number)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another worker got there first
     return failed

@@ -1,4 +1,9 @@
-"""The esc_optuna sweeper: the Optuna plugin's search space and samplers, with
+"""The esc_optuna sweeper's loop: ask trials, launch their jobs, tell their results.
+
+It reuses the Optuna plugin's search space and samplers (through ``optuna_private``), and
+leaves to other modules which study a search goes into (``identity``), which trials count
+(``accounting``), the study's storage and heartbeats (``storage``) and the report (``report``).
+What it adds to the plugin:
 
 * two sets of semantics (``hydra.sweeper.compat``; see docs/sweeps.md):
 
@@ -44,11 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import json
 import logging
 import math
-import re
 import signal
 import sys
 import threading
@@ -60,40 +62,26 @@ import numpy as np
 import optuna
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import CategoricalDistribution, distribution_to_json
-from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from esc_sweep.errors import EscSweepError
-from esc_sweep.sweep.reporter import build_pruner
-
+from esc_sweep.sweep import accounting
 from esc_sweep.sweep import identity as _identity
+from esc_sweep.sweep import optuna_private as _private
 from esc_sweep.sweep import report as _report
 from esc_sweep.sweep import storage as _storage
+from esc_sweep.sweep.accounting import FINISHED
+from esc_sweep.sweep.messages import SweepError, one_line, override_value
+from esc_sweep.sweep.reporter import build_pruner
 
 log = logging.getLogger(__name__)
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Study user attribute holding the search the study was made for.
-SPACE_ATTR = "esc_sweep.search_space"
-# The objective esc_sweep's trainer returns.
-ESC_OBJECTIVE = "mean_val_acc"
-# Failed trials that never produced a result of their own: replaced even where failures count.
-NOT_RUN = ("surplus", "interrupted", "sweep stopped", "stale")
 # The keys of esc_sweep's SweepConfig through which a job learns its trial.
 IDENTITY_KEYS = ("study_name", "storage", "trial_number")
 
-
-class SweepError(EscSweepError):
-    """The sweep cannot go on (too many failed trials, a bad sweeper setting)."""
-
-
-def _one_line(err: BaseException) -> str:
-    cause = err.__cause__ if err.__cause__ is not None and "Error in call to target" in str(err) else err
-    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+__all__ = ["EscOptunaSweeperImpl", "SweepError", "has_trial_identity", "IDENTITY_KEYS"]
 
 
 def has_trial_identity(config: DictConfig) -> bool:
@@ -102,7 +90,7 @@ def has_trial_identity(config: DictConfig) -> bool:
     return isinstance(node, DictConfig) and all(key in node for key in IDENTITY_KEYS)
 
 
-class EscOptunaSweeperImpl(OptunaSweeperImpl):
+class EscOptunaSweeperImpl(_private.OptunaSweeperImpl):
     def __init__(
         self,
         *,
@@ -142,7 +130,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             super().__init__(sampler, direction, storage, study_name, int(n_trials), n_jobs or 1, 0.0,
                              custom_search_space, params)
         except Exception as err:  # the custom_search_space function cannot be found or is not allowed
-            raise SweepError(f"hydra.sweeper.custom_search_space={custom_search_space}: {_one_line(err)}") from err
+            raise SweepError(f"hydra.sweeper.custom_search_space={custom_search_space}: {one_line(err)}") from err
         self.n_jobs = int(n_jobs) if n_jobs is not None else None  # default set in setup(): depends on compat
         self.max_failure_rate = float(max_failure_rate) if max_failure_rate is not None else None
         self.custom_search_space = custom_search_space
@@ -202,17 +190,15 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
     # ------------------------------------------------------------------ main loop
 
     def sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
-        params_conf = self._parse_sweeper_params_config() + list(arguments)
         try:
-            distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
+            distributions, fixed_params, fixed_overrides = _private.plugin_search_space(self, arguments)
         except Exception as err:  # a sweep expression Optuna cannot take (empty range, zero step, ...)
-            raise SweepError(f"search space: {_one_line(err)}") from err
+            raise SweepError(f"search space: {one_line(err)}") from err
         for name in fixed_params:  # a value given on the command line wins over the search space
             distributions.pop(name, None)
         self._check_parameters(distributions, fixed_params, fixed_overrides)
         self._prepare_grid_sampler(distributions)
-        directions = self._get_directions()
+        directions = _private.plugin_directions(self)
         bad = [d for d in directions if d not in ("minimize", "maximize")]
         if bad or not directions:
             raise SweepError(f"hydra.sweeper.direction={directions}: each must be minimize or maximize")
@@ -221,16 +207,18 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 f"hydra.sweeper.direction has {len(directions)} entries for 1 + {len(self.extra_objectives)} "
                 f"objectives (the returned value + extra_objectives {self.extra_objectives})"
             )
-        names = self._objective_names(directions)
-        space = self._space_record(distributions, directions, names)
+        task = self._fixed_task_config(fixed_params, fixed_overrides) if self.has_identity else None
+        names = self._objective_names(directions, task, distributions)
+        space = _identity.space_record(distributions, directions, names, self.custom_search_space)
         # What the objective means beyond the search: data, protocol, every fixed setting (esc_sweep's app only).
-        settings = (self._objective_identity(distributions, fixed_params, fixed_overrides)
-                    if self.has_identity and not self.compat else None)
+        settings = _identity.objective_identity(task, distributions) if task is not None and not self.compat else None
         explicit_name = self._study_name_on_command_line()
 
         if not self.compat:
             if not self.study_name:
-                self.study_name = self._default_study_name(space)
+                choices = self.config.hydra.runtime.choices
+                self.study_name = _identity.default_study_name(
+                    space, choices.get("hparams_search") or self.config.hydra.job.config_name)
             if self.storage is None:
                 self.storage = _storage.default_storage_url(self.original_cwd, self.study_name)
 
@@ -240,7 +228,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             self.rdb = _storage.open_storage(self.storage, self.heartbeat_interval, self.grace_period)
             if settings is not None and not explicit_name:
                 # The search's own name is the default: another meaning gets a study of its own.
-                self.study_name = self._study_for(space, settings)
+                self.study_name = _identity.study_for(self.rdb, str(self.study_name), space, settings,
+                                                      _storage.mask_url(self.storage))
             try:
                 study = optuna.create_study(
                     study_name=self.study_name, storage=self.rdb, sampler=self.sampler, pruner=self.pruner,
@@ -251,10 +240,11 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             except Exception as err:
                 raise _storage.StorageError(
                     f"storage {_storage.mask_url(self.storage)}: cannot create or load study "
-                    f"{self.study_name!r}: {_one_line(err)}") from err
-            self._check_space(study, space, distributions)
+                    f"{self.study_name!r}: {one_line(err)}") from err
+            _identity.check_space(study, space, distributions, _storage.mask_url(self.storage))
             if settings is not None:
-                self._check_identity(study, settings)
+                _identity.check_settings(study, settings, _storage.mask_url(self.storage))
+            _identity.rename_objectives(study, space)
             if names and study.metric_names != names:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -288,26 +278,10 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             storage=_storage.mask_url(self.storage), full=self.report == "full",
         )
 
-    def _requeue_interrupted_grid_points(self, study: optuna.Study) -> None:
-        """A grid point whose trial was interrupted (Ctrl-C, a stopped sweep) never ran to an end: queue it
-        again, so the resumed grid covers every point (the grid sampler counts it as visited)."""
-        trials = study.get_trials(deepcopy=False)
-
-        def interrupted(t) -> bool:
-            return t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(NOT_RUN)
-
-        # A queued (WAITING) trial keeps its parameters in Optuna's "fixed_params" until it is asked.
-        covered = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials if not interrupted(t)]
-        for t in trials:
-            if interrupted(t) and t.params and t.params not in covered:
-                study.enqueue_trial(t.params)
-                covered.append(t.params)
-                log.info("grid point %s was interrupted: queued to run again", t.params)
-
     def _run_trials(self, study, distributions, fixed_params, fixed_overrides, directions) -> None:
         waiting_for = None
         if self.is_grid and not self.compat:
-            self._requeue_interrupted_grid_points(study)
+            accounting.requeue_interrupted_grid_points(study)
         while True:
             stale = _storage.fail_stale_trials(study, self.liveness)
             if stale:
@@ -318,11 +292,8 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             if self.compat:  # the Optuna plugin: n_trials asked by this command
                 missing, n_running = self.n_trials - self.asked, 0
             else:
-                trials = study.get_trials(deepcopy=False)
-                n_counted = sum(self._counts(t) for t in trials)
-                # A WAITING trial (a re-queued grid point) is work this worker takes next, not another's.
-                n_running = sum(t.state == TrialState.RUNNING for t in trials)
-                missing = self.n_trials - n_counted - n_running
+                missing, n_running = accounting.still_to_ask(study.get_trials(deepcopy=False), self.n_trials,
+                                                             self._failures_count)
             if missing <= 0:
                 if self.compat or n_running == 0 or not self.liveness.enabled:
                     return
@@ -346,10 +317,11 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 # (Ctrl-C inside Hydra's config code can surface as another exception.)
                 what = "interrupted" if isinstance(err, KeyboardInterrupt) else "sweep stopped"
                 for trial in batch:
-                    if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                    if _private.storage_of(study).get_trial(_private.trial_id(trial)).state == TrialState.RUNNING:
                         self._fail(study, trial, f"{what}: {type(err).__name__}: {err}".rstrip(": "))
                 raise
-            self._check_failure_budget(len(self.failures) - failed_before, len(batch))
+            accounting.check_failure_budget(self.failures, len(self.failures) - failed_before, len(batch),
+                                            self.n_trials, self.max_failure_rate, self.compat)
 
     def _launch(self, study, batch, distributions, fixed_params, fixed_overrides, directions) -> None:
         jobs = []
@@ -375,7 +347,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             _report.hide_launch_echo()
             for trial, _ in jobs:
                 log.info("%s", _report.trial_start_line(trial.number, trial.params))
-        with _storage.Heartbeat(self.liveness, [trial._trial_id for trial, _ in jobs]):
+        with _storage.Heartbeat(self.liveness, [_private.trial_id(trial) for trial, _ in jobs]):
             # The job number is the trial number: unique across resumes and
             # workers, so jobs never share an output folder.
             returns = self.launcher.launch([o for _, o in jobs], initial_job_idx=jobs[0][0].number)
@@ -394,10 +366,10 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             trial = study.ask()
         self.asked += 1
         if self.liveness is not None:
-            self.liveness.beat(trial._trial_id)  # alive from its first moment
+            self.liveness.beat(_private.trial_id(trial))  # alive from its first moment
         if not self.compat:
-            ahead = sum(self._claims(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
-            if ahead >= self.n_trials:
+            if accounting.is_surplus(study.get_trials(deepcopy=False), trial.number, self.n_trials,
+                                     self._failures_count):
                 log.info("trial %d is surplus: other workers already claimed the %d trials", trial.number,
                          self.n_trials)
                 self._fail(study, trial, "surplus: other workers claimed all n_trials first; not run")
@@ -417,12 +389,12 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         if self.sampler_seed is None or self.compat:
             return
         seed = int(np.random.SeedSequence([int(self.sampler_seed), int(number)]).generate_state(1)[0])
-        _reseed_random_states(self.sampler, seed, depth=3)
+        _private.reseed_sampler(self.sampler, seed, depth=3)
 
     def _trial_overrides(self, trial, distributions, fixed_params, fixed_overrides) -> list[str]:
-        (overrides,) = self._configure_trials([trial], distributions, fixed_params, fixed_overrides)
+        overrides = _private.plugin_trial_overrides(self, trial, distributions, fixed_params, fixed_overrides)
         if not self.has_identity:  # nothing in this app reads sweep.*: add no keys to its config
-            return list(overrides)
+            return overrides
         sweep = {
             "sweep.study_name": self.study_name,
             "sweep.storage": self.storage,
@@ -431,13 +403,13 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         }
         if self.parent_run_id:
             sweep["sweep.parent_run_id"] = self.parent_run_id
-        return list(overrides) + [f"{key}={_override_value(value)}" for key, value in sweep.items()]
+        return overrides + [f"{key}={override_value(value)}" for key, value in sweep.items()]
 
     # ------------------------------------------------------------------ results
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn, directions: list[str]) -> None:
         if ret.status != JobStatus.COMPLETED:
-            error = ret._return_value
+            error = _private.job_error(ret)
             if _is_pruned(error):
                 study.tell(trial, state=TrialState.PRUNED)
                 log.info("trial %d PRUNED (%s)", trial.number, error)
@@ -446,7 +418,9 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 self.failures.append(_failure_reason(error))
             return
         try:
-            values = self._objective_values(trial, ret.return_value, directions)
+            values = accounting.objective_values(ret.return_value, directions, self.extra_objectives,
+                                                 lambda: _private.storage_of(study).get_trial(
+                                                     _private.trial_id(trial)).user_attrs)
         except ValueError as err:
             self._fail(study, trial, f"bad objective: {err}")
             if not self.compat:  # the Optuna plugin fails such a trial and goes on, whatever max_failure_rate
@@ -458,27 +432,7 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             if "Study.stop" not in str(err):
                 raise
         log.info("%s", _report.trial_result_line(trial.number, values, _trial_attrs(study, trial),
-                                                 _metric_names(study)))
-
-    def _objective_values(self, trial: optuna.Trial, returned: Any, directions: list[str]) -> list[float]:
-        try:
-            if isinstance(returned, (list, tuple)):
-                values = [float(v) for v in returned]
-            else:
-                values = [float(returned)]
-        except (TypeError, ValueError) as err:  # None, a string, a dict: fail the trial, not the sweep
-            raise ValueError(f"the task must return a number (one per direction), got {returned!r}") from err
-        if self.extra_objectives and not isinstance(returned, (list, tuple)):
-            user_attrs = trial.study._storage.get_trial(trial._trial_id).user_attrs
-            for name in self.extra_objectives:
-                if name not in user_attrs:
-                    raise ValueError(f"extra objective {name!r} was not recorded by the trial")
-                values.append(float(user_attrs[name]))
-        if len(values) != len(directions):
-            raise ValueError(f"{len(values)} objective values for {len(directions)} directions")
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"objective is not finite: {values}")
-        return values
+                                                 _report.metric_names(study)))
 
     def _fail(self, study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         try:
@@ -488,25 +442,6 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
             pass  # marked stale by another worker meanwhile
         if not reason.startswith("surplus"):
             log.warning("trial %d FAIL: %s", trial.number, reason)
-
-    def _check_failure_budget(self, batch_failures: int, batch_size: int) -> None:
-        if not self.failures:
-            return
-        hint = "see each trial's fail_reason; raise hydra.sweeper.max_failure_rate to go on"
-        if self.compat:  # the Optuna plugin: the failures of one batch
-            if batch_size and batch_failures / batch_size > self.max_failure_rate:
-                raise SweepError(
-                    f"{batch_failures} of {batch_size} trials of a batch failed, more than max_failure_rate="
-                    f"{self.max_failure_rate} allows. Last: {self.failures[-1]} ({hint})"
-                )
-            return
-        if self.max_failure_rate >= 1.0:  # never stop for failures
-            return
-        if len(self.failures) > self.max_failure_rate * self.n_trials:
-            raise SweepError(
-                f"{len(self.failures)} trials failed in this sweep, more than max_failure_rate="
-                f"{self.max_failure_rate} of n_trials={self.n_trials} allows. Last: {self.failures[-1]} ({hint})"
-            )
 
     # ------------------------------------------------------------------ the search
 
@@ -532,103 +467,38 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 compose(base + [override])
             except Exception as err:
                 raise SweepError(
-                    f"hydra.sweeper.params: {override} does not fit the app's config (misspelt?): {_one_line(err)}"
+                    f"hydra.sweeper.params: {override} does not fit the app's config (misspelt?): {one_line(err)}"
                 ) from err
         # Each parameter fits alone: only some combinations fail, and those trials fail one by one.
 
-    def _objective_names(self, directions: list[str]) -> list[str]:
+    def _objective_names(self, directions: list[str], task: DictConfig | None, distributions: dict) -> list[str]:
+        """``hydra.sweeper.objective_names``; for esc_sweep's trainer, what its objective is under the task's
+        ``trainer.validation`` and ``trainer.objective`` (``identity.objective_name``) and the extra
+        objectives; else none."""
         if self.objective_names:
             if len(self.objective_names) != len(directions):
                 raise SweepError(f"hydra.sweeper.objective_names={self.objective_names}: one name per direction "
                                  f"({len(directions)})")
             return list(self.objective_names)
-        if self.has_identity and len(directions) == 1 + len(self.extra_objectives):
-            # trainer.objective=map3: the trainer returns the mean MAP@3 (FSDKaggle2018's metric).
-            map3 = str(OmegaConf.select(self.config, "trainer.objective", default="acc")) == "map3"
-            return ["mean_val_map3" if map3 else ESC_OBJECTIVE, *self.extra_objectives]
+        if task is not None and len(directions) == 1 + len(self.extra_objectives):
+            validation = OmegaConf.select(task, "trainer.validation", default=None)
+            metric = OmegaConf.select(task, "trainer.objective", default="acc")  # acc, or map3 (FSDKaggle2018's)
+            searched = any(name == "trainer.validation" or name == "trainer" for name in distributions)
+            return [_identity.objective_name(validation, searched, metric), *self.extra_objectives]
         return []
-
-    def _space_record(self, distributions: dict, directions: list[str], names: list[str]) -> dict[str, Any]:
-        return {
-            "params": {name: json.loads(distribution_to_json(d)) for name, d in sorted(distributions.items())},
-            "directions": list(directions),
-            "objectives": list(names),
-            "custom_search_space": self.custom_search_space,
-        }
-
-    def _default_study_name(self, space: dict[str, Any]) -> str:
-        """<search or config name>-<hash of the search>: two different searches never share a study."""
-        choices = self.config.hydra.runtime.choices
-        base = choices.get("hparams_search") or self.config.hydra.job.config_name or "study"
-        digest = hashlib.sha1(json.dumps(space, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(base))}-{digest}"
 
     def _study_name_on_command_line(self) -> bool:
         """Whether the user named the study on the command line (then a mismatch is refused, not avoided)."""
         overrides = OmegaConf.select(self.config, "hydra.overrides.hydra", default=None) or []
         return any(str(o).lstrip("+~").startswith("hydra.sweeper.study_name=") for o in overrides)
 
-    def _objective_identity(self, distributions: dict, fixed_params: dict, fixed_overrides: list[str]) -> dict:
-        """The fixed settings of this command that give the objective its meaning (sweep/identity.py)."""
+    def _fixed_task_config(self, fixed_params: dict, fixed_overrides: list[str]) -> DictConfig:
+        """The task's config with this command's fixed settings (the searched keys at their defaults)."""
         base = [f"{name}={value}" for name, value in fixed_params.items()] + list(fixed_overrides)
         try:
-            task = self.hydra_context.config_loader.load_sweep_config(self.config, base)
+            return self.hydra_context.config_loader.load_sweep_config(self.config, base)
         except Exception as err:  # _check_parameters composed the same overrides already: unexpected
-            raise SweepError(f"cannot compose the sweep's fixed settings: {_one_line(err)}") from err
-        return _identity.objective_identity(task, distributions)
-
-    def _study_for(self, space: dict[str, Any], settings: dict[str, Any]) -> str:
-        """The study for this search and these settings: the search's name when that study is free, made
-        for the same (or by an earlier esc_sweep that recorded nothing); else ``<name>-<hash of both>``."""
-        base = str(self.study_name)
-        studies = {s.study_name: s for s in self.rdb.get_all_studies()}
-        derived = f"{base}-{_identity.digest({'space': space, 'settings': settings})}"
-        for name in (base, derived):
-            study = studies.get(name)
-            if study is None:
-                return name
-            stored_space = study.user_attrs.get(SPACE_ATTR)
-            stored_settings = study.user_attrs.get(_identity.IDENTITY_ATTR)
-            if stored_settings == settings and stored_space == space:
-                return name
-            if stored_settings is None and stored_space in (None, space):  # made before settings were recorded
-                return name
-        raise SweepError(f"studies {base!r} and {derived!r} in {_storage.mask_url(self.storage)} were both made "
-                         "for other settings; name a new one with hydra.sweeper.study_name=<name>")
-
-    def _check_identity(self, study: optuna.Study, settings: dict[str, Any]) -> None:
-        """Record the fixed settings with a new study; refuse to resume a study made with other settings."""
-        stored = study.user_attrs.get(_identity.IDENTITY_ATTR)
-        if stored is None:
-            if study.get_trials(deepcopy=False):
-                log.warning("study %s was made by an earlier esc_sweep that did not record its data and fixed "
-                            "settings: recorded now from this command (its earlier trials cannot be checked)",
-                            study.study_name)
-            study.set_user_attr(_identity.IDENTITY_ATTR, settings)
-            return
-        if stored != settings:
-            raise SweepError(
-                f"study {study.study_name!r} in {_storage.mask_url(self.storage)} was run with other settings: "
-                f"{_identity.describe_differences(stored, settings)}. Its trials would not be comparable: resume it "
-                "with its own settings, or start another study (another hydra.sweeper.study_name, or leave it "
-                "unset for one derived from the settings)"
-            )
-
-    def _check_space(self, study: optuna.Study, space: dict[str, Any], distributions: dict) -> None:
-        """Record the search with a new study; refuse to resume a study made for another search."""
-        stored = study.user_attrs.get(SPACE_ATTR)
-        if stored is None:
-            differences = _legacy_differences(study, space, distributions)
-        else:
-            differences = _space_differences(stored, space)
-        if differences:
-            raise SweepError(
-                f"study {study.study_name!r} in {_storage.mask_url(self.storage)} was made for another search "
-                f"({'; '.join(differences)}): resume it with its own search, or start another study "
-                "(hydra.sweeper.study_name=<new name>, or null for one derived from the search)"
-            )
-        if stored is None:
-            study.set_user_attr(SPACE_ATTR, space)
+            raise SweepError(f"cannot compose the sweep's fixed settings: {one_line(err)}") from err
 
     # ------------------------------------------------------------------ helpers
 
@@ -643,24 +513,18 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
                 f"the grid sampler needs discrete parameters; {', '.join(continuous)} are intervals. "
                 "Use choice(...) or range(...) for them."
             )
-        grid = {name: self._to_grid_sampler_choices(d) for name, d in distributions.items()}
+        grid = {name: _private.grid_choices(d) for name, d in distributions.items()}
         self.sampler = self.sampler(grid)
         size = math.prod(len(v) for v in grid.values())
         if size < self.n_trials:
             log.info("n_trials lowered from %d to the grid's %d points", self.n_trials, size)
             self.n_trials = size
 
-    def _counts(self, trial) -> bool:
-        """Whether a trial counts towards n_trials (esc_sweep's semantics): finished ones do; failed ones
-        too with a grid (each point is tried once) or max_failure_rate=1.0, unless they never ran."""
-        if trial.state in FINISHED:
-            return True
-        if trial.state == TrialState.FAIL and (self.is_grid or self.max_failure_rate >= 1.0):
-            return not str(trial.user_attrs.get("fail_reason", "")).startswith(NOT_RUN)
-        return False
-
-    def _claims(self, trial) -> bool:
-        return trial.state in (TrialState.RUNNING, TrialState.WAITING) or self._counts(trial)
+    @property
+    def _failures_count(self) -> bool:
+        """Whether failed trials that ran count towards n_trials: with a grid (each point is tried once)
+        or max_failure_rate=1.0 (failures never stop the sweep)."""
+        return self.is_grid or self.max_failure_rate >= 1.0
 
     def _grid_exhausted(self, study: optuna.Study) -> bool:
         if not self.is_grid:
@@ -679,56 +543,6 @@ class EscOptunaSweeperImpl(OptunaSweeperImpl):
         run_id = get_or_create_study_run(task_cfg, study.study_name)
         study.set_user_attr("mlflow_parent_run_id", run_id)
         return run_id
-
-
-def _space_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    def canon(value: Any) -> str:
-        return json.dumps(value, sort_keys=True)
-
-    out = []
-    old_params, new_params = old.get("params", {}), new.get("params", {})
-    added = sorted(set(new_params) - set(old_params))
-    removed = sorted(set(old_params) - set(new_params))
-    changed = sorted(n for n in set(old_params) & set(new_params) if canon(old_params[n]) != canon(new_params[n]))
-    if added:
-        out.append(f"new parameters {', '.join(added)}")
-    if removed:
-        out.append(f"parameters no longer searched {', '.join(removed)}")
-    if changed:
-        out.append(f"other ranges for {', '.join(changed)}")
-    for key in ("directions", "objectives", "custom_search_space"):
-        if canon(old.get(key)) != canon(new.get(key)):
-            out.append(f"{key} {old.get(key)} -> {new.get(key)}")
-    return out
-
-
-def _legacy_differences(study: optuna.Study, space: dict[str, Any], distributions: dict) -> list[str]:
-    """A study without a recorded search (new, or made by the Optuna plugin or an older esc_sweep):
-    compare with what its trials show."""
-    out = []
-    directions = [d.name.lower() for d in study.directions]
-    if directions != space["directions"]:
-        out.append(f"directions {directions} -> {space['directions']}")
-    seen: dict[str, Any] = {}
-    for trial in study.get_trials(deepcopy=False):
-        seen.update(trial.distributions)
-    changed = sorted(n for n, d in seen.items() if n in distributions and d != distributions[n])
-    if changed:
-        out.append(f"other ranges for {', '.join(changed)}")
-    if not space["custom_search_space"]:
-        gone = sorted(set(seen) - set(distributions))
-        if gone:
-            out.append(f"parameters no longer searched {', '.join(gone)}")
-    return out
-
-
-def _reseed_random_states(obj: Any, seed: int, depth: int) -> None:
-    """Seed every Optuna LazyRandomState held by a sampler and its inner samplers."""
-    for index, value in enumerate(vars(obj).values()):
-        if isinstance(value, LazyRandomState):
-            value.rng.seed((seed + index) % 2**32)
-        elif depth > 0 and isinstance(value, optuna.samplers.BaseSampler):
-            _reseed_random_states(value, (seed * 31 + index) % 2**32, depth - 1)
 
 
 @contextlib.contextmanager
@@ -764,18 +578,9 @@ def _free_accelerator_memory() -> None:
 def _trial_attrs(study: optuna.Study, trial: optuna.Trial) -> dict[str, Any]:
     """The user attributes the job recorded (the reporter's fold count and spread), as stored."""
     try:
-        return dict(study._storage.get_trial(trial._trial_id).user_attrs)
+        return dict(_private.storage_of(study).get_trial(_private.trial_id(trial)).user_attrs)
     except Exception:  # a log line is not worth failing the sweep over
         return {}
-
-
-def _metric_names(study: optuna.Study) -> list[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return list(study.metric_names or [])
-        except Exception:
-            return []
 
 
 def _is_pruned(error: Any) -> bool:
@@ -789,16 +594,3 @@ def _failure_reason(error: Any) -> str:
     # OutOfMemoryError, ConfigError, ...; its message says what to change.
     return f"{type(error).__name__}: {error}"
 
-
-def _override_value(value: Any) -> str:
-    """A value as Hydra override text; strings quoted so URLs with ?&=: parse."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    text = str(value)
-    if "'" not in text:
-        return f"'{text}'"
-    if '"' not in text:
-        return f'"{text}"'
-    raise SweepError(f"cannot pass {text!r} as a Hydra override (it holds both quote kinds)")

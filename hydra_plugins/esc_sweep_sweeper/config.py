@@ -69,8 +69,9 @@ class EscOptunaSweeperConf(OptunaSweeperConf):
     # up. With compat: a fraction of each batch (default 0.0, the Optuna plugin's); else
     # a fraction of n_trials (default 0.25). 1.0: failures never stop the sweep.
     max_failure_rate: Optional[float] = None
-    # Names of the objectives, one per direction, shown by optuna-dashboard. Default for
-    # esc_sweep: [mean_val_acc, *extra_objectives]; for other apps none.
+    # Names of the objectives, one per direction, shown by optuna-dashboard and the report. Default
+    # for esc_sweep: [<its objective>, *extra_objectives], the objective named by trainer.validation
+    # (mean_val_acc: the test folds'; mean_inner_acc: the inner split's); for other apps none.
     objective_names: List[str] = field(default_factory=list)
     # The study report at the end: full (table, best trial, optimization_results.yaml,
     # trials.csv, fANOVA importances, figures) or summary (no importances or figures,

@@ -50,7 +50,9 @@ class EscOptunaSweeper(Sweeper):
 
     @_one_line_errors
     def __init__(self, sampler: Any, pruner: DictConfig, **kwargs: Any) -> None:
-        from esc_sweep.sweep.sweeper import EscOptunaSweeperImpl, SweepError, _one_line
+        # deferred: esc_sweep's sweeper imports Optuna (~0.8 s); Hydra imports this plugin for every command
+        from esc_sweep.sweep.messages import SweepError, one_line
+        from esc_sweep.sweep.sweeper import EscOptunaSweeperImpl
 
         sampler_seed = sampler.get("seed") if isinstance(sampler, DictConfig) else None
         try:
@@ -59,7 +61,7 @@ class EscOptunaSweeper(Sweeper):
                 _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
             )
         except Exception as err:  # e.g. a sampler removed from Optuna (motpe), a bad sampler argument
-            raise SweepError(f"hydra.sweeper.sampler: {_one_line(err)}") from err
+            raise SweepError(f"hydra.sweeper.sampler: {one_line(err)}") from err
         self.sweeper = EscOptunaSweeperImpl(sampler=sampler, sampler_seed=sampler_seed, pruner=pruner, **kwargs)
 
     @_one_line_errors

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from esc_sweep.sweep.sweeper import EscOptunaSweeperImpl
+from esc_sweep.sweep.accounting import requeue_interrupted_grid_points as requeue
 
 
 def test_interrupted_grid_point_is_queued_again_once():
@@ -19,11 +19,11 @@ def test_interrupted_grid_point_is_queued_again_once():
     stopped.set_user_attr("fail_reason", "interrupted: KeyboardInterrupt")
     study.tell(stopped, state=TrialState.FAIL)
 
-    requeue = EscOptunaSweeperImpl._requeue_interrupted_grid_points
-    requeue(None, study)
+
+    requeue(study)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [params]
-    requeue(None, study)  # a second resume does not queue it twice
+    requeue(study)  # a second resume does not queue it twice
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
     again = study.ask()  # the next trial asked is that grid point
     assert {"lr": again.suggest_categorical("lr", grid["lr"]), "bs": again.suggest_categorical("bs", grid["bs"])} \

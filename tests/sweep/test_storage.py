@@ -20,7 +20,7 @@ from esc_sweep.sweep.storage import (
     resolve_url,
     url_for,
 )
-from esc_sweep.sweep.sweeper import _space_differences
+from esc_sweep.sweep.identity import space_differences as _space_differences
 
 
 def test_relative_paths_are_taken_from_the_folder_the_command_ran_in(tmp_path):

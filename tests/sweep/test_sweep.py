@@ -369,7 +369,7 @@ def test_build_pruner_knows_four_names_and_rejects_others():
 
 
 def test_storage_urls_survive_hydra_override_parsing():
-    from esc_sweep.sweep.sweeper import _override_value
+    from esc_sweep.sweep.messages import override_value as _override_value
 
     url = "postgresql://esc:p%40ss@db.example:5432/optuna?sslmode=require&application_name=esc"
     (override,) = OverridesParser.create().parse_overrides([f"sweep.storage={_override_value(url)}"])
