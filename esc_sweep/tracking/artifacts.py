@@ -19,9 +19,9 @@ def _first_line(err: BaseException) -> str:
 def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str,
                metrics: Optional[Mapping[str, Any]] = None) -> None:
     """Copy ``folder`` to ``artifact_path`` of an existing (possibly ended) run, with finite ``metrics``."""
-    from esc_sweep.tracking.client import _client  # deferred: mlflow (~4 s)
+    from esc_sweep.tracking.client import mlflow_client  # deferred: mlflow (~4 s)
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
     for key, value in (metrics or {}).items():
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -30,7 +30,8 @@ def log_folder(uri: str, run_id: str, folder: Path, artifact_path: str,
 
 def log_files(paths: Sequence[Path], artifact_path: str, run_id: Optional[str] = None,
               tracking_uri: Optional[str] = None) -> Optional[str]:
-    """Log files to ``artifact_path`` of ``run_id``, else of the active MLflow run; returns the run id used."""
+    """Log files to ``artifact_path`` of ``run_id``, else of the active MLflow run; returns the run id used
+    (None, logging nothing, without ``run_id`` and without an active run)."""
     import mlflow  # deferred: mlflow (~4 s): importing this module (plots, bundles) must stay light
 
     if run_id:

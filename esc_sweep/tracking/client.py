@@ -44,20 +44,11 @@ STATE_KEY = "mlflow_parent_run_id"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
-# Config groups tagged with the option chosen for them (cfg fallback when Hydra is not running).
-_GROUP_FALLBACKS = {
-    "model": "model.name",
-    "features": "features.kind",
-    "augmentation": "augmentation.name",
-    "dataset": "dataset.name",
-    "optimizer": "optimizer.name",
-    "scheduler": "scheduler.name",
-}
-_MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter value
 _MAX_BATCH = 100  # MLflow's limit on params/tags per log_batch call
 
 
-def _default_artifact_location(uri: str) -> str | None:
+def default_artifact_location(uri: str) -> str | None:
     """Artifacts of a SQLite store live beside its database; servers choose their own."""
     root = _default_root()
     if uri == f"sqlite:///{root / 'mlflow.db'}":
@@ -74,7 +65,7 @@ def _quiet_mlflow_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _client(uri: str) -> MlflowClient:
+def mlflow_client(uri: str) -> MlflowClient:
     _quiet_mlflow_logging()
     if is_server(uri):
         check_server(uri)
@@ -113,7 +104,7 @@ def runs_view_state() -> str:
     }, separators=(",", ":"))
 
 
-def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+def get_or_create_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The experiment's id, created (tagged as a model-training experiment) when it does not exist."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -139,17 +130,17 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
     return experiment.experiment_id
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), _MAX_BATCH):
         client.log_batch(run_id, params=items[start : start + _MAX_BATCH])
 
 
-def _log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
     items = [RunTag(k, str(v)) for k, v in tags.items()]
     for start in range(0, len(items), _MAX_BATCH):
         client.log_batch(run_id, tags=items[start : start + _MAX_BATCH])
@@ -164,14 +155,14 @@ def display_value(value: float) -> float:
     return float(f"{float(value):.7g}")
 
 
-def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
-    now = _now_ms()
+def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int = 0) -> None:
+    now = now_ms()
     metrics = [Metric(k, display_value(v), now, step) for k, v in values.items()]
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 
 
-def _log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
+def log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
     client.log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": 100})
 
 
@@ -188,7 +179,7 @@ def git_commit(*directories: Path) -> str | None:
     return None
 
 
-def _source_tags() -> dict[str, str]:
+def source_tags() -> dict[str, str]:
     tags = {"mlflow.source.name": "esc_sweep", "mlflow.source.type": "LOCAL"}
     try:
         tags["mlflow.user"] = getpass.getuser()

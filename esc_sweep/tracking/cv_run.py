@@ -58,8 +58,7 @@ from esc_sweep.training.results import CVResult, FoldResult
 log = logging.getLogger("esc_sweep.tracking")
 from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the tracking API)
     RUNS_VIEW_KEY,
-    _GROUP_FALLBACKS,
-    _MAX_PARAM_LENGTH,
+    MAX_PARAM_LENGTH,
     ERROR_TAG,
     FOLD_TAG,
     REPEAT_TAG,
@@ -71,15 +70,15 @@ from esc_sweep.tracking.client import (  # noqa: F401 (tag names are part of the
     STATE_KEY,
     STATUS_TAG,
     TRIAL_TAG,
-    _client,
-    _default_artifact_location,
-    _experiment_id,
-    _log_figure,
-    _log_metrics,
-    _log_params,
-    _log_tags,
-    _now_ms,
-    _source_tags,
+    mlflow_client,
+    default_artifact_location,
+    get_or_create_experiment,
+    log_figure,
+    log_metrics,
+    log_params,
+    log_tags,
+    now_ms,
+    source_tags,
     display_value,
     git_commit,
 )
@@ -118,28 +117,10 @@ def flatten_config(cfg: Any) -> dict[str, str]:
             if isinstance(value, Mapping) and value:
                 walk(value, dotted + ".")
             elif not (dotted.startswith("sweep.") and value is None):
-                flat[dotted] = str(value)[:_MAX_PARAM_LENGTH]
+                flat[dotted] = str(value)[:MAX_PARAM_LENGTH]
 
     walk(container, "")
     return flat
-
-
-def group_choices(cfg: Any) -> dict[str, str]:
-    """The option chosen for each config group, e.g. {"model": "resnet18", "features": "mel", ...}.
-
-    Hydra's choices: ``model=resnet18 model.name=efficientnet_b2`` gives "resnet18" here. Run tags
-    use the values that were trained instead (``esc_sweep.tracking.labels.run_labels``).
-    """
-    choices = {group: str(OmegaConf.select(cfg, key)) for group, key in _GROUP_FALLBACKS.items()}
-    try:
-        from hydra.core.hydra_config import HydraConfig  # deferred: hydra (~0.6 s), only inside a Hydra job
-
-        if HydraConfig.initialized():
-            runtime = HydraConfig.get().runtime.choices
-            choices.update({g: str(runtime[g]) for g in choices if runtime.get(g)})
-    except Exception:  # a config without Hydra's runtime section: keep the fallbacks
-        pass
-    return choices
 
 
 def _hydra_overrides() -> str | None:
@@ -229,9 +210,9 @@ def dataset_input(labels: Mapping[str, str]) -> DatasetInput:
 class MlflowTracker(Callback):
     """Logs a cross-validation to MLflow: one CV run, one child run per fold.
 
-    After ``on_cv_start``, ``parent_run_id`` is the CV run's id and ``client``
-    an ``MlflowClient`` on its store, so later steps (the final fit) can log
-    to the same run, e.g. with ``tracker.log_artifact(path)``.
+    After ``on_cv_start``, ``parent_run_id`` is the CV run's id, so later steps
+    (the final fit's bundle and plots, ``app.save_bundle``) log to the same run
+    through ``tracking.artifacts.log_folder``.
     """
 
     def __init__(self, cfg: DictConfig):
@@ -279,9 +260,9 @@ class MlflowTracker(Callback):
 
     def _start(self, context: dict[str, Any]) -> None:
         cfg = self.cfg
-        self.client = _client(self.tracking_uri)
-        self.experiment_id = _experiment_id(
-            self.client, cfg.tracking.experiment_name, _default_artifact_location(self.tracking_uri)
+        self.client = mlflow_client(self.tracking_uri)
+        self.experiment_id = get_or_create_experiment(
+            self.client, cfg.tracking.experiment_name, default_artifact_location(self.tracking_uri)
         )
         clips = context["clips"]
         self._repeats = int(context.get("repeats", 1))
@@ -299,7 +280,7 @@ class MlflowTracker(Callback):
             self.client.update_run(self.parent_run_id, status="RUNNING",
                                    name=cfg.tracking.run_name or run_name(self._tags, cfg.sweep.trial_number))
             self.client.set_tag(self.parent_run_id, "esc_sweep.resumed", "true")
-            _log_tags(self.client, self.parent_run_id, self._tags)  # a run from an older esc_sweep gets them too
+            log_tags(self.client, self.parent_run_id, self._tags)  # a run from an older esc_sweep gets them too
             for child in self._children(self.parent_run_id):
                 fold = child.data.tags.get(FOLD_TAG)
                 repeat = child.data.tags.get(REPEAT_TAG, "0")
@@ -324,7 +305,7 @@ class MlflowTracker(Callback):
 
     def _create_parent(self, commit: str | None) -> str:
         cfg = self.cfg
-        tags = {ROLE_TAG: "cv", **self._tags, **_source_tags()}
+        tags = {ROLE_TAG: "cv", **self._tags, **source_tags()}
         if cfg.sweep.parent_run_id:
             tags[PARENT_TAG] = cfg.sweep.parent_run_id
         if cfg.sweep.trial_number is not None:
@@ -367,7 +348,7 @@ class MlflowTracker(Callback):
         changed = sorted(k for k, v in params.items() if k in self._parent_params and self._parent_params[k] != v)
         if changed:
             log.warning("MLflow: resumed run keeps its earlier values of %s", ", ".join(changed))
-        _log_params(self.client, self.parent_run_id, new)
+        log_params(self.client, self.parent_run_id, new)
         self._parent_params.update(new)
 
     # ---- folds
@@ -387,7 +368,7 @@ class MlflowTracker(Callback):
 
     def _create_fold_run(self, fold: int, extra_tags: Mapping[str, str] | None = None) -> str:
         tags = {PARENT_TAG: self.parent_run_id, ROLE_TAG: "fold", FOLD_TAG: str(fold), **self._tags,
-                **_source_tags(), **(extra_tags or {})}
+                **source_tags(), **(extra_tags or {})}
         if self.cfg.sweep.trial_number is not None:
             tags[TRIAL_TAG] = str(self.cfg.sweep.trial_number)
         name = f"fold-{fold}"
@@ -398,7 +379,7 @@ class MlflowTracker(Callback):
         params = {"fold": str(fold)}
         if self._num_parameters is not None:
             params["num_parameters"] = str(self._num_parameters)
-        _log_params(self.client, run_id, params)
+        log_params(self.client, run_id, params)
         self._logged[fold] = set()
         return run_id
 
@@ -418,7 +399,7 @@ class MlflowTracker(Callback):
         if run_id is None:
             return
         values = _numeric(metrics)
-        _log_metrics(self.client, run_id, values, step=epoch)
+        log_metrics(self.client, run_id, values, step=epoch)
         self._logged[fold].update((key, epoch) for key in values)
 
     def on_fold_end(self, result: FoldResult, resumed: bool = False) -> None:
@@ -446,7 +427,7 @@ class MlflowTracker(Callback):
         # Covers folds restored from a checkpoint and values the trainer fills in after the
         # last on_epoch_end (train accuracy of a fold that stopped early).
         logged = self._logged.setdefault(fold, set())
-        now = _now_ms()
+        now = now_ms()
         missing = [
             Metric(key, display_value(value), now, int(record["epoch"]))
             for record in history
@@ -476,7 +457,7 @@ class MlflowTracker(Callback):
             finals["final_val_acc_tta"] = result.val_acc_tta
         if result.val_map3 is not None:
             finals["final_val_map3"] = result.val_map3
-        _log_metrics(self.client, run_id, finals, step=result.epochs)
+        log_metrics(self.client, run_id, finals, step=result.epochs)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
         from esc_sweep.figures import results as figures  # deferred: matplotlib (~3 s), until a figure is drawn
         # The fold's confusion matrix goes to the CV run too, so it shows all of them in one place.
@@ -487,7 +468,7 @@ class MlflowTracker(Callback):
             self.client.log_artifact(run_id, str(png), "figures")
             self.client.log_artifact(self.parent_run_id, str(png), "figures/folds")
         if result.history:
-            _log_figure(self.client, run_id, figures.learning_curve_figure({result.fold: result.history}),
+            log_figure(self.client, run_id, figures.learning_curve_figure({result.fold: result.history}),
                         "figures/learning_curve.png")
 
     def _log_weights(self, run_id: str, fold: int) -> None:
@@ -516,14 +497,14 @@ class MlflowTracker(Callback):
         # One value per fold (its mean over the repeats, with trainer.repeats).
         per_fold = {f"fold_{fold}_val_acc": acc
                     for fold, acc in zip(sorted({f.fold for f in result.folds}), result.fold_means("val_acc"))}
-        _log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
+        log_metrics(self.client, run_id, {**summary, **per_fold, "cv_seconds": result.seconds})
         self._log_per_fold_series(result)
         self.client.log_dict(run_id, result.to_dict(), "results.json")
 
         from esc_sweep.figures import results as figures  # deferred: matplotlib (~3 s), see above
 
         names = result.class_names
-        _log_figure(self.client, run_id,
+        log_figure(self.client, run_id,
                     figures.confusion_matrix_figure(result.pooled_confusion, names, "all folds (pooled)"),
                     "figures/confusion_pooled.png")
         self.client.log_text(run_id, figures.confusion_matrix_html(result.pooled_confusion, names,
@@ -533,7 +514,7 @@ class MlflowTracker(Callback):
         self.client.log_dict(run_id, {"top": TOP_CONFUSED_PAIRS, "pairs": pairs}, "most_confused_pairs.json")
         self.client.log_text(run_id, figures.most_confused_pairs_markdown(pairs), "most_confused_pairs.md")
         per_class = result.per_class_accuracy()
-        _log_figure(self.client, run_id, figures.per_class_accuracy_figure(per_class), "figures/per_class_accuracy.png")
+        log_figure(self.client, run_id, figures.per_class_accuracy_figure(per_class), "figures/per_class_accuracy.png")
         pooled = result.pooled_confusion
         self.client.log_table(run_id, {
             "class": names,
@@ -543,7 +524,7 @@ class MlflowTracker(Callback):
         }, "per_class_accuracy.json")
         histories = {f.fold: f.history for f in result.folds if f.history}
         if histories:
-            _log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
+            log_figure(self.client, run_id, figures.learning_curve_figure(histories), "figures/learning_curves.png")
         self._stop_system_metrics()
         if not self.cfg.tracking.run_name:
             # The accuracy leads the name: the runs table shows the first 20 characters or so of it.
@@ -572,7 +553,7 @@ class MlflowTracker(Callback):
 
     def _log_per_fold_series(self, result: CVResult) -> None:
         """``val_acc`` etc. of each fold at step = fold number: on the CV run's charts they line up with the mean."""
-        now = _now_ms()
+        now = now_ms()
         folds = sorted({f.fold for f in result.folds})
         points = [
             Metric(key, display_value(value), now, fold)
@@ -631,16 +612,6 @@ class MlflowTracker(Callback):
         if not name.endswith(PRUNED_SUFFIX):
             self.client.update_run(run_id, name=f"{name}{PRUNED_SUFFIX}" if name else PRUNED_SUFFIX.strip(" ·"))
 
-    # ---- for later steps (final fit)
-
-    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
-        """Copy a file or folder to the CV run (e.g. the final model bundle)."""
-        path = Path(local_path)
-        if path.is_dir():
-            self.client.log_artifacts(self.parent_run_id, str(path), artifact_path=artifact_path)
-        else:
-            self.client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
-
 
 def _int_or_none(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
@@ -651,6 +622,5 @@ __all__ = [
     "TrackingError",
     "resolve_tracking_uri",
     "flatten_config",
-    "group_choices",
     "git_commit",
 ]

@@ -19,11 +19,11 @@ from typing import Mapping, Optional
 from esc_sweep.tracking.client import (
     PARENT_TAG,
     ROLE_TAG,
-    _client,
-    _default_artifact_location,
-    _experiment_id,
-    _log_metrics,
-    _source_tags,
+    mlflow_client,
+    default_artifact_location,
+    get_or_create_experiment,
+    log_metrics,
+    source_tags,
 )
 
 NESTED_TAG = "esc_sweep.nested"
@@ -31,37 +31,37 @@ NESTED_TAG = "esc_sweep.nested"
 
 def get_or_create_nested_run(uri: str, experiment_name: str, name: str, tags: Mapping[str, str]) -> str:
     """The nested run named ``name`` (resumed when a run of that name exists, else created)."""
-    client = _client(uri)
-    experiment_id = _experiment_id(client, experiment_name, _default_artifact_location(uri))
+    client = mlflow_client(uri)
+    experiment_id = get_or_create_experiment(client, experiment_name, default_artifact_location(uri))
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'nested'")
     existing = [r for r in runs if r.data.tags.get(NESTED_TAG) == name]
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return run_id
-    all_tags = {ROLE_TAG: "nested", NESTED_TAG: name, **_source_tags(), **tags}
+    all_tags = {ROLE_TAG: "nested", NESTED_TAG: name, **source_tags(), **tags}
     return client.create_run(experiment_id, tags=all_tags, run_name=f"nested-{name}").info.run_id
 
 
 def link_child(uri: str, child_run_id: str, parent_run_id: str, tags: Optional[Mapping[str, str]] = None) -> None:
     """Nest ``child_run_id`` under the nested run (MLflow's UI nests by ``mlflow.parentRunId``)."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     client.set_tag(child_run_id, PARENT_TAG, parent_run_id)
     for key, value in (tags or {}).items():
         client.set_tag(child_run_id, key, str(value))
 
 
 def log_outer_fold(uri: str, run_id: str, fold: int, values: Mapping[str, float]) -> None:
-    _log_metrics(_client(uri), run_id, {f"outer_fold_{fold}_{k}": v for k, v in values.items()})
+    log_metrics(mlflow_client(uri), run_id, {f"outer_fold_{fold}_{k}": v for k, v in values.items()})
 
 
 def finish_nested_run(uri: str, run_id: str, metrics: Mapping[str, float], results_file: Path,
                       status: str = "FINISHED") -> None:
-    client = _client(uri)
-    _log_metrics(client, run_id, metrics)
+    client = mlflow_client(uri)
+    log_metrics(client, run_id, metrics)
     client.log_artifact(run_id, str(results_file))
     client.set_terminated(run_id, status)
 
 
 def end_nested_run(uri: str, run_id: str, status: str) -> None:
-    _client(uri).set_terminated(run_id, status)
+    mlflow_client(uri).set_terminated(run_id, status)

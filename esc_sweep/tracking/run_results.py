@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from esc_sweep.errors import TrackingError
-from esc_sweep.tracking.client import _client
-from esc_sweep.tracking.runs_table import _check_store, finished_cv_runs
+from esc_sweep.tracking.client import mlflow_client
+from esc_sweep.tracking.runs_table import require_store, finished_cv_runs
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
 
@@ -39,9 +39,9 @@ def find_run_id(ref: str, tracking_uri: Optional[str] = None) -> str:
 def cv_run_results(ref: str, tracking_uri: Optional[str] = None) -> tuple[str, dict[str, Any], dict[str, str]]:
     """(run id, its results.json, its tags) for the finished CV run ``ref``."""
     uri = tracking_uri or resolve_tracking_uri()
-    _check_store(uri)
+    require_store(uri)
     run_id = find_run_id(ref, uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     run = client.get_run(run_id)
     # No artifact download bars on the console: this is a read of one small file.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 from esc_sweep.errors import TrackingError
 from esc_sweep.tracking import labels as L
-from esc_sweep.tracking.client import PRUNED_TAG, ROLE_TAG, STATUS_TAG, _client
+from esc_sweep.tracking.client import PRUNED_TAG, ROLE_TAG, STATUS_TAG, mlflow_client
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
 DEFAULT_EXPERIMENT = "esc_sweep"
@@ -133,7 +133,7 @@ def _row(run: Any, experiment: str) -> CVRun:
     )
 
 
-def _check_store(uri: str) -> None:
+def require_store(uri: str) -> None:
     """A SQLite store must exist already: listing runs never creates an empty one."""
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):]).expanduser()
@@ -155,8 +155,8 @@ def finished_cv_runs(tracking_uri: Optional[str] = None, experiment: Optional[st
     ``$MLFLOW_TRACKING_URI``, else ``./mlruns/mlflow.db``).
     """
     uri = tracking_uri or resolve_tracking_uri()
-    _check_store(uri)
-    client = _client(uri)
+    require_store(uri)
+    client = mlflow_client(uri)
     if all_experiments:
         experiments = list(client.search_experiments())
     else:

@@ -8,12 +8,12 @@ from typing import Any, Iterable, Mapping
 from esc_sweep.tracking.client import (
     ROLE_TAG,
     STUDY_TAG,
-    _client,
-    _default_artifact_location,
-    _experiment_id,
-    _log_figure,
-    _log_metrics,
-    _source_tags,
+    mlflow_client,
+    default_artifact_location,
+    get_or_create_experiment,
+    log_figure,
+    log_metrics,
+    source_tags,
 )
 from esc_sweep.tracking.uri import resolve_tracking_uri
 
@@ -29,8 +29,8 @@ def get_or_create_study_run(cfg: Any, study_name: str) -> str:
     end it with ``log_study_report`` or ``end_study_run``.
     """
     uri = resolve_tracking_uri(cfg)
-    client = _client(uri)
-    experiment_id = _experiment_id(client, cfg.tracking.experiment_name, _default_artifact_location(uri))
+    client = mlflow_client(uri)
+    experiment_id = get_or_create_experiment(client, cfg.tracking.experiment_name, default_artifact_location(uri))
     # Compare names in Python: a study name may hold quotes the filter syntax would choke on.
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'study'", order_by=["attributes.start_time ASC"]
@@ -41,7 +41,7 @@ def get_or_create_study_run(cfg: Any, study_name: str) -> str:
         if existing[0].info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
     else:
-        tags = {ROLE_TAG: "study", STUDY_TAG: study_name, **_source_tags()}
+        tags = {ROLE_TAG: "study", STUDY_TAG: study_name, **source_tags()}
         run_id = client.create_run(experiment_id, tags=tags, run_name=f"study-{study_name}").info.run_id
     _STUDY_URIS[run_id] = uri
     return run_id
@@ -65,10 +65,10 @@ def log_study_report(
     leaves it open. ``tracking_uri`` defaults to the store the run was
     created in by ``get_or_create_study_run``.
     """
-    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
+    client = mlflow_client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
     for name, figure in figures.items():
-        _log_figure(client, run_id, figure, f"figures/{name}" if name.endswith(".png") else f"figures/{name}.png")
-    _log_metrics(client, run_id, metrics)
+        log_figure(client, run_id, figure, f"figures/{name}" if name.endswith(".png") else f"figures/{name}.png")
+    log_metrics(client, run_id, metrics)
     for path in map(Path, artifacts):
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=path.name)
@@ -80,5 +80,5 @@ def log_study_report(
 
 def end_study_run(run_id: str, status: str = "FINISHED", *, tracking_uri: str | None = None) -> None:
     """End a study run without a report (e.g. KILLED when the sweep is interrupted)."""
-    client = _client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
+    client = mlflow_client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
     client.set_terminated(run_id, status)
