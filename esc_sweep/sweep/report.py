@@ -316,7 +316,7 @@ def study_report(
     if parent_run_id:
         from esc_sweep.tracking.study_run import log_study_report  # deferred: mlflow (~5 s), only with a parent run
 
-        log_study_report(parent_run_id, figs, metrics, [results_path, trials_csv])
+        log_study_report(parent_run_id, figs, metrics, [results_path, trials_csv], objectives=names)
         console.print(f"Study report logged to MLflow run {parent_run_id}")
     if figs:
         import matplotlib.pyplot as plt  # deferred: pyplot (~1.9 s), only to close drawn figures

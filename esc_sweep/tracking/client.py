@@ -26,6 +26,7 @@ from esc_sweep.tracking.uri import check_server, default_root as _default_root, 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag (the UI nests runs by it)
 ROLE_TAG = "esc_sweep.role"  # study | cv | fold
 STUDY_TAG = "esc_sweep.study"
+OBJECTIVE_TAG = "esc_sweep.objective"  # a study run: what its trials' values are (e.g. mean_inner_acc)
 TRIAL_TAG = "esc_sweep.trial"
 FOLD_TAG = "fold"
 REPEAT_TAG = "esc_sweep.repeat"  # which repeat of the CV a fold run belongs to (trainer.repeats > 1)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from esc_sweep.tracking.client import (
+    OBJECTIVE_TAG,
     ROLE_TAG,
     STUDY_TAG,
     mlflow_client,
@@ -13,6 +14,7 @@ from esc_sweep.tracking.client import (
     get_or_create_experiment,
     log_figure,
     log_metrics,
+    log_tags,
     source_tags,
 )
 from esc_sweep.tracking.uri import resolve_tracking_uri
@@ -55,20 +57,25 @@ def log_study_report(
     *,
     status: str | None = "FINISHED",
     tracking_uri: str | None = None,
+    objectives: Iterable[str] = (),
 ) -> None:
     """Log a sweep's end-of-study report to its study run, then end the run.
 
     ``figures`` maps a name to a matplotlib Figure, saved as
     ``figures/<name>.png``; ``metrics`` are logged as they are (e.g.
     ``best_value``); each path in ``artifacts`` (a file or a folder) is copied
-    to the run. ``status`` ends the run (FINISHED, FAILED or KILLED); None
-    leaves it open. ``tracking_uri`` defaults to the store the run was
+    to the run; ``objectives`` (the study's objective names, e.g. ``mean_inner_acc``)
+    go into the tag ``esc_sweep.objective``. ``status``
+    ends the run (FINISHED, FAILED or KILLED); None leaves it open. ``tracking_uri`` defaults to the store the run was
     created in by ``get_or_create_study_run``.
     """
     client = mlflow_client(tracking_uri or _STUDY_URIS.get(run_id) or resolve_tracking_uri())
     for name, figure in figures.items():
         log_figure(client, run_id, figure, f"figures/{name}" if name.endswith(".png") else f"figures/{name}.png")
     log_metrics(client, run_id, metrics)
+    names = ", ".join(objectives)
+    if names:
+        log_tags(client, run_id, {OBJECTIVE_TAG: names})
     for path in map(Path, artifacts):
         if path.is_dir():
             client.log_artifacts(run_id, str(path), artifact_path=path.name)

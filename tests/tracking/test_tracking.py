@@ -533,9 +533,11 @@ def test_study_run_is_reused_and_trials_nest_under_it(tmp_path, monkeypatch):
     report = figures.per_class_accuracy_figure({"a": 0.5, "b": 1.0})
     extra = tmp_path / "best.yaml"
     extra.write_text("optimizer:\n  lr: 0.01\n")
-    log_study_report(study, {"optimization_history": report}, {"best_value": 0.75}, [extra])
+    log_study_report(study, {"optimization_history": report}, {"best_value": 0.75}, [extra],
+                     objectives=["mean_inner_acc", "num_parameters"])
     run = client.get_run(study)
     assert run.info.status == "FINISHED" and run.data.metrics["best_value"] == 0.75
+    assert run.data.tags["esc_sweep.objective"] == "mean_inner_acc, num_parameters"  # what best_value is
     assert set(_artifacts(client, study)) == {"figures/optimization_history.png", "best.yaml"}
     assert get_or_create_study_run(cfg, "study 'a'") == study
     assert client.get_run(study).info.status == "RUNNING"  # resumed
