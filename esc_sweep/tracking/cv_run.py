@@ -292,7 +292,7 @@ class MlflowTracker(Callback):
         self._parent_open = True
         if OmegaConf.select(cfg, "tracking.system_metrics", default=True):
             # A child run holds them: on the CV run they would be its first metrics (see system_metrics.py).
-            self._system_run_id = system_run(self.client, self.experiment_id, self.parent_run_id, _source_tags())
+            self._system_run_id = system_run(self.client, self.experiment_id, self.parent_run_id, source_tags())
             self._system_metrics = start_system_metrics(self._system_run_id, self.tracking_uri, True,
                                                         resume=self._resumed)
         if checkpoints is not None:
