@@ -159,7 +159,7 @@ def figures(study: optuna.Study, directions: list[str], have_importances: bool) 
     target = (lambda t: t.values[0]) if len(directions) > 1 else None
     makers = {
         "optimization_history": lambda: plots.plot_optimization_history(
-            study, target=target, target_name="mean val acc"),
+            study, target=target, target_name=(metric_names(study) or ["mean val acc"])[0]),
     }
     if have_importances:
         makers["param_importances"] = lambda: plots.plot_param_importances(study, target=target)

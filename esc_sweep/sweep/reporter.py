@@ -182,6 +182,6 @@ class TrialReporter(Callback):
             return
         self.trial.report(value, step)
         if self.trial.should_prune():
-            # What was reported: the inner split's accuracy with trainer.validation=inner, else the test folds'.
-            what = "mean inner acc" if self.validation == "inner" else "mean val acc"
+            # What was reported: the inner split's score with trainer.validation=inner, else the test folds'.
+            what = f"mean {'inner' if self.validation == 'inner' else 'val'} {self.metric}"
             raise optuna.TrialPruned(f"pruned after {where}: {what} {value:.4f} at step {step}")

@@ -94,7 +94,7 @@ def test_a_sweep_maximises_map3_on_the_fsdkaggle2018_holdout(tmp_path):
                   timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study = optuna.load_study(study_name="fsd_map3", storage=storage)
-    assert study.metric_names == ["mean_val_map3"]
+    assert study.metric_names == ["mean_inner_map3"]  # trainer.validation=inner: the inner split's MAP@3
     for trial in study.trials:
         (value,) = trial.user_attrs["fold_values"].values()  # the holdout's one "fold"
         assert trial.value == pytest.approx(value) and 1 / 3 <= value <= 1  # MAP@3 >= 1/3 with 3 classes

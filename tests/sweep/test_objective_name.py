@@ -56,13 +56,16 @@ def test_other_objectives_are_still_another_search():
 def test_a_sweep_with_the_inner_split_names_its_objective_so_everywhere(tmp_path):
     from omegaconf import OmegaConf
 
-    from tests.sweep.test_sweep import load, run_sweep, sweep_args
+    from tests.conftest import run_cli
+    from tests.sweep.test_sweep import ENV, load, sweep_args
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    out = run_sweep(sweep_args(tmp_path, "esc50_optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none",
-                               "optimizer.lr=interval(0.003,0.05)", "model.dropout=0.1", "trainer.folds=[1]",
-                               "trainer.epochs=1", "trainer.validation=inner", "tracking=none",
-                               f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=inner"), tmp_path)
+    args = sweep_args(tmp_path, "esc50_optuna", "hydra.sweeper.n_trials=1", "hydra.sweeper.pruner.name=none",
+                      "optimizer.lr=interval(0.003,0.05)", "model.dropout=0.1", "trainer.folds=[1]",
+                      "trainer.epochs=1", "trainer.validation=inner", "tracking=none",
+                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=inner")
+    out = run_cli(args, tmp_path, env={"PYTHONPATH": ENV["PYTHONPATH"], "MLFLOW_TRACKING_URI": None}, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study = load(storage, "inner")
     assert study.metric_names == ["mean_inner_acc"]
     assert study.user_attrs[SPACE_ATTR]["objectives"] == ["mean_inner_acc"]
