@@ -1,4 +1,6 @@
-"""trainer.parallel_folds: folds in worker processes give the sequential run's results, bit for bit."""
+"""trainer.parallel_folds: folds in worker processes give the sequential run's results, bit for bit.
+
+The workers are multiprocessing spawn processes (training/parallel.py): these tests are not in-process."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """trainer.repeats (the whole CV with N seeds, resumable per repeat), the 95 % interval of
-every CV, and non-finite values failing a run wherever they appear."""
+every CV, and non-finite values failing a run wherever they appear. One test runs folds in
+multiprocessing worker processes (trainer.parallel_folds)."""
 
 from __future__ import annotations
 
