@@ -20,7 +20,7 @@ import tempfile
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -218,8 +218,16 @@ def decode_all(
         wave = audio.decode(paths[i], sample_rate, num_samples)
         out[i] = wave.clamp_(-_F16_MAX, _F16_MAX).to(torch.float16)
 
-    # Resampling inside many threads each using all intra-op threads thrashes
-    # small machines; one intra-op thread per worker is enough.
+    run_in_threads(work, n, workers, description, progress)
+    return out
+
+
+def run_in_threads(work: Callable[[int], None], n: int, workers: int, description: str, progress: bool) -> None:
+    """``work(i)`` for i in 0..n-1 on a thread pool, with a progress bar; the first error is raised.
+
+    Resampling inside many threads each using all intra-op threads thrashes small machines: one
+    intra-op thread per worker is enough. On an error or Ctrl-C the files not started are dropped.
+    """
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -238,11 +246,9 @@ def decode_all(
                 if failed:
                     raise failed[0].exception()  # type: ignore[misc]
             finally:
-                # On an error or Ctrl-C, drop the files not started yet.
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
         torch.set_num_threads(prev_threads)
-    return out
 
 
 def _read_cache(target: Path, clip_ids: Sequence[str], sample_rate: int, num_samples: int) -> Optional[torch.Tensor]:

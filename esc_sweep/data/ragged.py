@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,9 +26,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from esc_sweep.console import phase
 from esc_sweep.data import audio
-from esc_sweep.data.cache import cache_path, content_digests, default_cache_dir, files_fingerprint
+from esc_sweep.data.cache import cache_path, content_digests, default_cache_dir, files_fingerprint, run_in_threads
 from esc_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -152,23 +150,8 @@ def decode_ragged(paths: Sequence[Path], sample_rate: int, *, description: str =
         used = min(length, clip.numel())  # a header a sample off (rounding) must not shift the next clip
         samples[start : start + used] = clip[:used]
         samples[start + used : start + length] = 0
-        bar.advance()
 
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see esc_sweep.data.cache.decode_all: one intra-op thread per decode worker
-    try:
-        with phase(description, n, enabled=progress, unit="files") as bar:
-            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-            try:
-                futures = [pool.submit(job, i) for i in range(n)]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
-                if failed:
-                    raise failed[0].exception()  # type: ignore[misc]
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        torch.set_num_threads(prev_threads)
+    run_in_threads(job, n, workers, description, progress)
     return RaggedWaveforms(samples, offsets, lengths)
 
 
