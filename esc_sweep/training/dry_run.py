@@ -31,6 +31,9 @@ from esc_sweep.training.loop import make_trainee, train_step
 T = TypeVar("T")
 # A spectrogram bigger than this per clip is a config mistake, not a recipe (float32: 256 MiB).
 MAX_FEATURE_VALUES = 64 * 2**20
+# LEAF filters every sample of a clip with each filter before pooling: n_mels x samples complex values
+# per clip, 8 clips a pass (esc_sweep.features.leaf.CLIPS_PER_PASS). 2**25 per clip is ~2 GiB a pass.
+MAX_LEAF_VALUES = 2**25
 
 
 @dataclass
@@ -117,6 +120,13 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
         raise ConfigError(
             f"features.n_fft/hop_length/n_mels: one clip's spectrogram would have {bins} x {frames} values "
             f"({4 * bins * frames / 2**30:.1f} GiB per clip); raise features.hop_length or lower the resolution"
+        )
+
+    if fc.kind == "leaf" and fc.n_mels * clip_samples > MAX_LEAF_VALUES:
+        raise ConfigError(
+            f"features.n_mels/sample_rate, dataset.clip_seconds: LEAF filters each of a clip's {clip_samples} "
+            f"samples with each of its {fc.n_mels} filters ({8 * fc.n_mels * clip_samples / 2**30:.1f} GiB per "
+            f"clip); lower features.n_mels, features.sample_rate or dataset.clip_seconds"
         )
 
     features_keys = "features.kind/sample_rate/n_fft/hop_length/n_mels/f_min/f_max"
