@@ -277,14 +277,11 @@ def _read_cache(target: Path, clip_ids: Sequence[str], sample_rate: int, num_sam
         return None
 
 
-def _write_cache(target: Path, waveforms: torch.Tensor, clip_ids: list, sample_rate: int, num_samples: int) -> None:
-    payload = {
-        "version": CACHE_VERSION,
-        "sample_rate": int(sample_rate),
-        "num_samples": int(num_samples),
-        "clip_ids": clip_ids,
-        "waveforms": waveforms,
-    }
+def save_cache_file(target: Path, payload: dict) -> bool:
+    """``torch.save(payload)`` to ``target`` atomically (a temp file, fsync, rename); False if it could not.
+
+    A cache that cannot be written is a warning, never an error: the run goes on without it.
+    """
     tmp_name = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -296,19 +293,32 @@ def _write_cache(target: Path, waveforms: torch.Tensor, clip_ids: list, sample_r
         os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; let other users read the cache
         os.replace(tmp_name, target)
         tmp_name = None
-        _write_meta(target, clip_ids, sample_rate, num_samples)
+        return True
     except OSError as exc:
         log.warning(
             "could not write waveform cache %s (%s); set dataset.cache_dir or ESC_SWEEP_CACHE to a writable folder",
             target,
             exc,
         )
+        return False
     finally:
         if tmp_name is not None:
             try:
                 os.unlink(tmp_name)
             except OSError:
                 pass
+
+
+def _write_cache(target: Path, waveforms: torch.Tensor, clip_ids: list, sample_rate: int, num_samples: int) -> None:
+    payload = {
+        "version": CACHE_VERSION,
+        "sample_rate": int(sample_rate),
+        "num_samples": int(num_samples),
+        "clip_ids": clip_ids,
+        "waveforms": waveforms,
+    }
+    if save_cache_file(target, payload):
+        _write_meta(target, clip_ids, sample_rate, num_samples)
 
 
 def _write_meta(target: Path, clip_ids: list, sample_rate: int, num_samples: int) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -27,7 +26,8 @@ import numpy as np
 import torch
 
 from esc_sweep.data import audio
-from esc_sweep.data.cache import cache_path, content_digests, default_cache_dir, files_fingerprint, run_in_threads
+from esc_sweep.data.cache import (cache_path, content_digests, default_cache_dir, files_fingerprint, run_in_threads,
+                                  save_cache_file)
 from esc_sweep.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -191,23 +191,5 @@ def _read(target: Path, clip_ids: Sequence[str], sample_rate: int) -> Optional[R
 
 
 def _write(target: Path, ragged: RaggedWaveforms, clip_ids: list, sample_rate: int) -> None:
-    payload = {"version": RAGGED_CACHE_VERSION, "sample_rate": int(sample_rate), "clip_ids": clip_ids,
-               "samples": ragged.samples, "offsets": ragged.offsets, "lengths": ragged.lengths}
-    tmp_name = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-        tmp_name = None
-    except OSError as exc:
-        log.warning("could not write waveform cache %s (%s); set dataset.cache_dir or ESC_SWEEP_CACHE to a "
-                    "writable folder", target, exc)
-    finally:
-        if tmp_name is not None:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
+    save_cache_file(target, {"version": RAGGED_CACHE_VERSION, "sample_rate": int(sample_rate), "clip_ids": clip_ids,
+                             "samples": ragged.samples, "offsets": ragged.offsets, "lengths": ragged.lengths})
