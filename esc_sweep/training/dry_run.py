@@ -34,6 +34,9 @@ MAX_FEATURE_VALUES = 64 * 2**20
 # LEAF filters every sample of a clip with each filter before pooling: n_mels x samples complex values
 # per clip, 8 clips a pass (esc_sweep.features.leaf.CLIPS_PER_PASS). 2**25 per clip is ~2 GiB a pass.
 MAX_LEAF_VALUES = 2**25
+# A clip (or training crop) longer than this is not a sound event: 2**24 samples is 17 min at 16 kHz,
+# 6 min at 44.1 kHz. Longer ones would allocate gigabytes before any other check could refuse them.
+MAX_CLIP_SAMPLES = 2**24
 
 
 @dataclass
@@ -109,6 +112,12 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
         raise ConfigError(f"dataset.classes={list(cfg.dataset.classes or [])}: a classifier needs at least 2 classes")
 
     clip_samples = int(round(cfg.dataset.clip_seconds * fc.sample_rate))
+    if clip_samples > MAX_CLIP_SAMPLES:
+        raise ConfigError(
+            f"dataset.clip_seconds={cfg.dataset.clip_seconds} at features.sample_rate={fc.sample_rate} is "
+            f"{clip_samples} samples a clip, over {MAX_CLIP_SAMPLES} ({MAX_CLIP_SAMPLES / 16000 / 60:.0f} min at "
+            f"16 kHz); lower one of them"
+        )
     if fc.n_fft > clip_samples:
         raise ConfigError(
             f"features.n_fft={fc.n_fft} is longer than a clip: dataset.clip_seconds={cfg.dataset.clip_seconds} "
