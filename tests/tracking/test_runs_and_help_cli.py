@@ -158,8 +158,8 @@ def test_help_lists_subcommands_then_the_training_help(flag, tmp_path):
     # Hydra's part, from conf/hydra/help/esc_sweep.yaml: groups with their options, main keys, examples.
     assert text.index("Subcommands") < text.index("== Config groups")
     assert "model: ast, baseline_cnn, convnext_atto, efficientat_mn01" in text and "panns_cnn14" in text
-    assert "experiment: cpu_hour, esc50_cnn, esc50_resnet, quick_cpu" in text
-    assert "dataset: esc10, esc50, esc50_categories, folder, synthetic" in text
+    assert "experiment: cpu_hour, envnet_v2_bc, esc50_cnn, esc50_resnet, quick_cpu" in text
+    assert "dataset: esc10, esc50, esc50_categories, folder, fsdkaggle2018, synthetic, urbansound8k" in text
     assert "hparams_search: " in text and "tracking: mlflow, none" in text
     for key in ("model.name=", "trainer.epochs=", "trainer.folds=", "tracking.experiment_name=", "dataset.root="):
         assert f"\n  {key}" in text, key
