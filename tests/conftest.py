@@ -122,7 +122,9 @@ SLOW_SECONDS = 60.0
 
 
 @pytest.fixture(autouse=True)
-def _fast_tests_start_no_process(request, monkeypatch):
+def _fast_tests_start_no_process(request):
+    # No monkeypatch here: requesting it would set it up before `_keep_tracking_uri_unchanged`
+    # (autouse fixtures run in name order), so its undo of a test's setenv came after that check.
     if request.node.get_closest_marker("fast") is None:
         yield
         return
@@ -142,9 +144,13 @@ def _fast_tests_start_no_process(request, monkeypatch):
         started.append(f"multiprocessing {self.name}")
         process_start(self)
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", recording_popen_init)
-    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", recording_start)
-    yield
+    subprocess.Popen.__init__ = recording_popen_init
+    multiprocessing.process.BaseProcess.start = recording_start
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__ = popen_init
+        multiprocessing.process.BaseProcess.start = process_start
     if started:
         pytest.fail(f"marked fast (in-process) but started a process: {started[0]!r}; its module must "
                     f"name how it spawns (one of {_SPAWNS}) so the marker leaves it out", pytrace=False)
