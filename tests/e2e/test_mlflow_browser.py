@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mlflow import MlflowClient
@@ -102,13 +103,16 @@ def test_the_landing_view_ranks_runs_by_accuracy_with_its_interval(tmp_path):
         assert "system metrics" not in page  # the CPU/memory sampler's child run stays out of it too
 
         # MLflow's compare page plots the first metric the runs share: the accuracy, not system/cpu_...
-        ids = [run.info.run_id for run in MlflowClient(store).search_runs(
-            [MlflowClient(store).get_experiment_by_name("esc_sweep").experiment_id],
-            filter_string="tags.`esc_sweep.role` = 'cv'")]
-        driver.get(f"http://127.0.0.1:{port}/#/compare-runs?runs={json.dumps(ids)}")
+        client = MlflowClient(store)
+        experiment = client.get_experiment_by_name("esc_sweep").experiment_id
+        ids = [run.info.run_id for run in client.search_runs([experiment], "tags.`esc_sweep.role` = 'cv'")]
+        # The URL the UI's own Compare button opens: both lists as URL-quoted JSON.
+        driver.get(f"http://127.0.0.1:{port}/#/compare-runs?runs={quote(json.dumps(ids))}"
+                   f"&experiments={quote(json.dumps([experiment]))}")
 
         def plotted(d):
             text = d.find_element(By.TAG_NAME, "body").text
+            assert "Error while" not in text, text[:1000]  # a wrong URL: fail now, naming it, not at the timeout
             return text if "Metrics:" in text else False
 
         compare = WebDriverWait(driver, WAIT_SECONDS).until(plotted)
