@@ -53,6 +53,9 @@ class DatasetBase:
     # Keep every clip whole (int16, data/ragged.py): train on random clip_seconds crops, evaluate over
     # the whole clip with predict's windows and averaging. False: every clip cut/padded to clip_seconds.
     variable_length: bool = False
+    # With variable_length, a clip shorter than clip_seconds fills its window by "pad" (zeros around it) or
+    # "repeat" (the clip end to end), the same way in training, evaluation and predict (docs/datasets.md).
+    short_clips: str = "pad"
 
 
 @dataclass
@@ -268,6 +271,10 @@ class TrainerConfig:
     amp: bool = True  # bf16 autocast on GPU; ignored on CPU
     compile: bool = False  # torch.compile the model
     channels_last: bool = True  # NHWC activations: faster convolutions on GPU and CPU
+    # The dry run estimates one training step's memory (weights, gradients, optimizer state, a batch's
+    # activations) and refuses a config above this many GB, before allocating any of it.
+    # null: the training device's memory (the machine's RAM on CPU).
+    max_memory_gb: Optional[float] = None
     seed: int = 0
     deterministic: bool = True
     # Default: every fold of the chosen data set (5 for ESC-50, 10 for UrbanSound8K, [1] = the test split of a
@@ -380,14 +387,22 @@ def register_configs() -> None:
         OmegaConf.register_resolver("esc_sweep_all_folds", all_folds)
 
 
+# One run per fold: more folds than this is a typo (dataset.num_folds=2**31 built a list of 2**31 folds
+# before validate() could name it, 20 GB, and the kernel killed the process).
+MAX_FOLDS = 100
+
+
 def all_folds(num_folds: Any, protocol: Any = "cv") -> list[int]:
     """Every fold of a data set: 1..num_folds, or [1] (the test split) for a holdout."""
     if str(protocol) == "holdout":
         return [1]
     try:
-        return list(range(1, int(num_folds) + 1))
+        count = int(num_folds)
     except (TypeError, ValueError):
+        count = -1
+    if not 1 <= count <= MAX_FOLDS:
         return [1, 2, 3, 4, 5]  # validate() names the bad dataset.num_folds
+    return list(range(1, count + 1))
 
 def _run_tag() -> str:
     return f"{os.getpid()}{secrets.token_hex(2)}"
@@ -450,6 +465,7 @@ def dataset_override_problems(args: list[str]) -> list[str]:
 _CHOICES = {
     "dataset.kind": tuple(DATASET_SCHEMAS),
     "dataset.protocol": ("cv", "holdout"),
+    "dataset.short_clips": ("pad", "repeat"),
     "dataset.label": ("target", "category"),
     "features.kind": ("mel", "mfcc", "stft", "fbank", "efficientat", "pcen", "leaf", "waveform"),
     "features.normalize": ("dataset", "instance", "none"),
@@ -539,6 +555,8 @@ def validate(cfg: Any) -> None:
     check(0 <= _get(cfg, "trainer.ema_decay") < 1, "trainer.ema_decay", "must be in [0, 1)")
     check(0 < _get(cfg, "scheduler.pct_start") < 1, "scheduler.pct_start", "must be in (0, 1)")
 
+    limit = _get(cfg, "trainer.max_memory_gb")
+    check(limit is None or (_finite(limit) and limit > 0), "trainer.max_memory_gb", "must be > 0 (or null: the device's)")
     parallel = _get(cfg, "trainer.parallel_folds")
     check(isinstance(parallel, int) and 1 <= parallel <= 64, "trainer.parallel_folds", "must be between 1 and 64")
     threads = _get(cfg, "trainer.num_threads")
@@ -546,6 +564,8 @@ def validate(cfg: Any) -> None:
           "must be >= 1 (or null for PyTorch's choice)")
 
     num_folds = _get(cfg, "dataset.num_folds")
+    check(not isinstance(num_folds, int) or num_folds <= MAX_FOLDS, "dataset.num_folds",
+          f"must be at most {MAX_FOLDS} (one run per fold)")
     folds = list(_get(cfg, "trainer.folds") or [])
     check(len(folds) > 0, "trainer.folds", "must name at least one fold")
     if isinstance(num_folds, int) and num_folds > 0 and _get(cfg, "dataset.protocol") != "holdout":
@@ -646,6 +666,9 @@ def _dataset_problems(cfg: Any) -> list[str]:
     if variable and float(_get(cfg, "augmentation.crop_seconds") or 0) > 0:
         problems.append("augmentation.crop_seconds: with dataset.variable_length=true the training crops are "
                         "dataset.clip_seconds long already; set augmentation.crop_seconds=0")
+    if not variable and _get(cfg, "dataset.short_clips") == "repeat":
+        problems.append("dataset.short_clips=repeat: only variable-length clips are repeated (fixed-length ones "
+                        "are zero-padded when decoded); set dataset.variable_length=true or short_clips=pad")
     if kind == "fsdkaggle2018":
         weight = _get(cfg, "dataset.unverified_weight")
         if not (_finite(weight) and 0 <= weight <= 1):

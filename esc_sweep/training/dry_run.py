@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -101,6 +102,65 @@ def _check_checkpoint_front_end(cfg: DictConfig, model: torch.nn.Module) -> None
     raise ConfigError(line + " (set model.front_end_check=warn to go on anyway)")
 
 
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of the training device: the GPU's, else the machine's RAM (None when unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def estimated_step_bytes(cfg: DictConfig, num_classes: int, input_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """(bytes, parameters) one training step needs, estimated on PyTorch's "meta" device (shapes, no memory).
+
+    Weights, their gradients and two optimizer moments (4 x float32 per parameter; one more copy with
+    trainer.ema_decay), plus every layer's output for a batch of trainer.batch_size, kept for the
+    backward pass and matched by its gradient (2 x). An upper estimate for the models esc_sweep ships
+    (in-place layers count twice). None when the model cannot be built without its weights file or on meta.
+    """
+    mc, fc = cfg.model, cfg.features
+    if mc.weights or mc.init_from or mc.pretrained:
+        return None  # a fixed, published size; building it would read the weights
+    outputs = [0]
+
+    def count(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            outputs[0] += output.numel() * output.element_size()
+
+    try:
+        with torch.device("meta"):
+            model = create_model(mc, num_classes, fc.normalize, input_shape[1], fc.kind, fc)
+            hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+            model.train()
+            model(torch.empty((1, *input_shape), device="meta"))
+        for hook in hooks:
+            hook.remove()
+    except Exception as err:  # an op without a meta kernel: no estimate, the real dry run still checks
+        logging.getLogger("esc_sweep").debug("no memory estimate on the meta device: %s", _first_line(err))
+        return None
+    parameters = count_parameters(model)
+    copies = 4 + (1 if cfg.trainer.ema_decay > 0 else 0)
+    return copies * 4 * parameters + 2 * int(cfg.trainer.batch_size) * outputs[0], parameters
+
+
+def _check_memory(cfg: DictConfig, device: torch.device, num_classes: int, input_shape: tuple[int, ...]) -> None:
+    limit_gb = cfg.trainer.max_memory_gb
+    limit = int(limit_gb * 1e9) if limit_gb is not None else device_memory_bytes(device)
+    estimate = estimated_step_bytes(cfg, num_classes, input_shape)
+    if limit is None or estimate is None or estimate[0] <= limit:
+        return
+    need, parameters = estimate
+    where = (f"trainer.max_memory_gb={limit_gb:g}" if limit_gb is not None
+             else f"the {limit / 1e9:.0f} GB of {device.type} memory here (trainer.max_memory_gb)")
+    raise ConfigError(
+        f"model.name={cfg.model.name}/model.width/trainer.batch_size: one training step needs about "
+        f"{need / 1e9:.1f} GB ({parameters / 1e6:.0f} M parameters, batch {cfg.trainer.batch_size} of "
+        f"{tuple(input_shape)}), over {where}; lower model.width or trainer.batch_size"
+    )
+
+
 def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     """Build everything a fold builds and train one step on dummy data; raise ConfigError when anything fails."""
     fc, tc = cfg.features, cfg.trainer
@@ -163,6 +223,7 @@ def dry_run(cfg: DictConfig, num_classes: int | None = None) -> DryRun:
     soft = eye[torch.tensor([0, 1], device=device) % num_classes]
     x, soft = _attempt("augmentation.*", "cannot augment a batch", lambda: augment(spectrogram, soft))
 
+    _check_memory(cfg, device, num_classes, tuple(x.shape[1:]))
     model_keys = f"model.name={cfg.model.name} (model.kwargs, features.n_mels, augmentation.crop_seconds)"
     model = _attempt("model.name/model.kwargs", f"cannot build {cfg.model.name!r}",
                      lambda: create_model(cfg.model, num_classes, fc.normalize, spectrogram.shape[2], fc.kind, fc))

@@ -28,9 +28,11 @@ SKIP = {"dataset.root", "dataset.download", "dataset.url", "dataset.archive_sha2
         "dataset.cache_dir", "dataset.csv", "dataset.synthetic_seed", "trainer.checkpoint_dir", "trainer.resume",
         "trainer.progress", "trainer.dry_run", "trainer.final_fit", "trainer.num_threads", "model.init_from",
         "model.pretrained", "model.kwargs", "features.cache", "dataset.kind", "dataset.name", "augmentation.name",
-        "trainer.compile", "trainer.folds", "dataset.classes", "trainer.distill"}  # distill: a teacher folder
+        "trainer.compile", "trainer.folds", "dataset.classes", "trainer.distill",  # distill: a teacher folder
+        "trainer.max_memory_gb"}  # fixed in BASE: the dry run refuses what would not fit under the cap below
 BASE = ["dataset=synthetic", "dataset.clips_per_class=10", "dataset.clip_seconds=0.5", "features.n_mels=32",
-        "features.n_fft=256", "model.width=8", "tracking.enabled=false", "trainer.device=cpu"]
+        "features.n_fft=256", "model.width=8", "tracking.enabled=false", "trainer.device=cpu",
+        "trainer.max_memory_gb=4"]
 
 
 def _schema_keys() -> dict[str, type]:
@@ -76,12 +78,12 @@ def overrides(draw) -> dict[str, typing.Any]:
 
 
 OUTCOMES: Counter = Counter()
-MEMORY_HEADROOM = 6 * 2**30  # what one dry run may add to the process's address space
+MEMORY_HEADROOM = 6 * 2**30  # what one dry run may add to the process's address space (> max_memory_gb=4)
 
 
 @contextlib.contextmanager
-def _memory_cap():
-    """Lower the address-space limit to the current size plus MEMORY_HEADROOM for the block (Linux).
+def _memory_cap(headroom: int = MEMORY_HEADROOM):
+    """Lower the address-space limit to the current size plus ``headroom`` for the block (Linux).
 
     Over it an allocation fails at once (torch raises), where without it the kernel's OOM killer
     ended the whole session (a 24 GB dry run). The old limit is restored afterwards.
@@ -94,7 +96,7 @@ def _memory_cap():
         yield
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = address_space + MEMORY_HEADROOM
+    cap = address_space + headroom
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
@@ -123,16 +125,23 @@ def test_schema_walk_finds_the_numeric_and_choice_keys():
 @given(overrides())
 def test_sampled_config_is_proven_or_refused_in_one_line(values):
     try:
-        cfg = compose_config(BASE + [_override(k, v) for k, v in values.items()])
+        with _memory_cap():  # composing resolves nothing yet; validate() resolves the interpolations
+            cfg = compose_config(BASE + [_override(k, v) for k, v in values.items()])
+    except MemoryError:
+        pytest.fail(f"composing {values} ran out of memory")
     except Exception as err:  # Hydra refuses a value of the wrong type: the CLI prints it as one line, exit 1
         OUTCOMES["refused by Hydra's type check"] += 1
         assert "\n" not in str(err).strip().splitlines()[0]
         return
     try:
-        validate(cfg)
-        check_targets(cfg)
+        # The whole check under the cap: dataset.num_folds=2**31 once built a 2**31-fold list inside
+        # validate() (trainer.folds' default), outside the cap, and the kernel killed the session at 20 GB.
         with _memory_cap():
+            validate(cfg)
+            check_targets(cfg)
             proof = dry_run(cfg)
+    except MemoryError:
+        pytest.fail(f"{values} ran out of memory before it was refused")
     except EscSweepError as err:
         message = str(err)
         # "Never a huge allocation": a case over the cap is a failure that names its config, not a
@@ -162,3 +171,33 @@ def test_generated_cases_reach_every_outcome():
     refused_by_us = OUTCOMES["refused: validate"] + OUTCOMES["refused: dry run"]
     assert passed >= 0.05 * total, dict(OUTCOMES)
     assert refused_by_us >= 0.05 * total, dict(OUTCOMES)
+
+
+def test_a_step_over_the_memory_limit_is_refused_before_it_allocates():
+    """model.width=1000 (378 M parameters) once grew the test process to 20 GB until the kernel killed it.
+
+    The estimate on the meta device refuses it in one line naming the limit; under a 1 GiB cap any real
+    allocation of the model (1.4 GB of weights alone) would raise MemoryError instead.
+    """
+    from esc_sweep.errors import ConfigError
+
+    cfg = compose_config(BASE + ["model.width=1000"])
+    with _memory_cap(headroom=2**30), pytest.raises(ConfigError) as refused:
+        dry_run(cfg)
+    message = str(refused.value)
+    assert "\n" not in message and "trainer.max_memory_gb=4" in message and "378 M parameters" in message, message
+
+
+@settings(max_examples=12, deadline=None)
+@given(batch=st.integers(1, 128), width=st.integers(4, 64))
+def test_the_memory_estimate_grows_with_batch_and_width_and_covers_the_weights(batch, width):
+    from esc_sweep.training.dry_run import estimated_step_bytes
+
+    def estimate(b, w):
+        cfg = compose_config(BASE + [f"trainer.batch_size={b}", f"model.width={w}"])
+        return estimated_step_bytes(cfg, 5, (1, 32, 51))
+
+    need, parameters = estimate(batch, width)
+    assert need >= 16 * parameters  # weights, gradients, two optimizer moments (float32)
+    assert estimate(batch + 1, width)[0] > need
+    assert estimate(batch, width + 4)[0] > need
