@@ -99,7 +99,7 @@ def _tag_file(bundle: Any, path: Path, name: str, max_seconds: float) -> FileTag
     for window in iter_windows(path, bundle.sample_rate, clip, max_seconds=max_seconds):
         if len(kept) < shown_windows:
             kept.append(window)
-        batch.append(window)
+        batch.append(bundle.fill_short(window, total) if not rows and len(batch) == 0 else window)
         if len(batch) == WINDOW_BATCH:
             flush()
     if batch:

@@ -48,6 +48,12 @@ def _section(schema: type, values: dict[str, Any], name: str = "", source: str =
                           f"({str(err).splitlines()[0]}): restore the file or train the bundle again") from None
 
 
+def repeat_to(waveforms: torch.Tensor, length: int) -> torch.Tensor:
+    """``waveforms [..., T]`` repeated end to end along the last axis and cut to ``length`` samples."""
+    times = -(-length // waveforms.shape[-1])
+    return waveforms.repeat(*([1] * (waveforms.dim() - 1)), times)[..., :length]
+
+
 class _FeatureKeys:
     """A bundle's ``config.features`` dict read as attributes (what ``features.frontends`` helpers take)."""
 
@@ -84,6 +90,20 @@ class Bundle:
     @property
     def clip_samples(self) -> int:
         return int(round(self.clip_seconds * self.sample_rate))
+
+    @property
+    def repeats_short_clips(self) -> bool:
+        """Trained with ``dataset.short_clips=repeat``: a recording shorter than a window is repeated end to
+        end to fill it, as in training and evaluation; otherwise it is zero-padded."""
+        dataset = self.config.get("dataset") or {}
+        return bool(dataset.get("variable_length")) and dataset.get("short_clips") == "repeat"
+
+    def fill_short(self, waveforms: torch.Tensor, real_samples: Optional[int]) -> torch.Tensor:
+        """Windows ``[..., clip_samples]`` of a recording of ``real_samples`` (< one window: the rest is
+        zeros) filled as the model was trained: repeated under ``repeats_short_clips``, else unchanged."""
+        if not self.repeats_short_clips or real_samples is None or not 0 < real_samples < waveforms.shape[-1]:
+            return waveforms
+        return repeat_to(waveforms[..., :real_samples], waveforms.shape[-1])
 
     @property
     def num_classes(self) -> int:
@@ -128,6 +148,8 @@ class Bundle:
         batch = _as_batch(waveforms)
         rows, length = batch.shape
         clip = self.clip_samples
+        if self.repeats_short_clips and 0 < length < clip:  # dataset.short_clips=repeat, as in training
+            batch, length = repeat_to(batch, clip), clip
         num_windows = max(1, math.ceil(length / clip))
         padded = torch.nn.functional.pad(batch, (0, num_windows * clip - length))
         windows = padded.reshape(rows * num_windows, clip)
@@ -168,7 +190,8 @@ class Bundle:
             return float(real.sum())
 
         for window in windows:
-            batch.append(torch.as_tensor(window, dtype=torch.float32))
+            window = torch.as_tensor(window, dtype=torch.float32)
+            batch.append(self.fill_short(window, total_samples) if count == 0 else window)
             count += 1
             if len(batch) == batch_size:
                 weights += flush()

@@ -57,33 +57,45 @@ class RaggedWaveforms:
     def nbytes(self) -> int:
         return self.samples.numel() * self.samples.element_size()
 
-    def windows(self, clips: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    def windows(self, clips: torch.Tensor, starts: torch.Tensor, length: int, repeat_short: bool = False) -> torch.Tensor:
         """Float32 ``[len(clips), length]``: clip ``clips[k]`` from sample ``starts[k]`` (may be negative),
-        zero wherever the window lies outside the clip."""
+        zero wherever the window lies outside the clip. ``repeat_short``: a clip shorter than the window
+        is repeated end to end instead, from sample ``starts[k]`` of it (``dataset.short_clips=repeat``)."""
         clips = clips.to(self.offsets.device)
         positions = starts.to(self.offsets.device)[:, None] + torch.arange(length, device=self.offsets.device)
         lengths = self.lengths[clips][:, None]
         inside = (positions >= 0) & (positions < lengths)
+        if repeat_short:
+            tiled = lengths < length
+            positions = torch.where(tiled, positions.remainder(lengths), positions)
+            inside = inside | tiled
         flat = self.offsets[clips][:, None] + positions.clamp(min=0).minimum(lengths - 1)
         return self.samples[flat].float().mul_(1.0 / _SCALE).masked_fill_(~inside, 0.0)
 
-    def random_crops(self, clips: torch.Tensor, length: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def random_crops(self, clips: torch.Tensor, length: int, generator: Optional[torch.Generator] = None,
+                     repeat_short: bool = False) -> torch.Tensor:
         """A random window of ``length`` samples of each clip. A clip shorter than the window lies at a
         random place inside it, zero-padded on both sides (what ``predict`` does to a short file is pad it
-        with zeros after the end; the random place teaches the model that the position does not matter)."""
+        with zeros after the end; the random place teaches the model that the position does not matter).
+        ``repeat_short``: a short clip is repeated end to end from a random sample of it instead."""
         lengths = self.lengths[clips.to(self.lengths.device)]
         low = torch.clamp(lengths - length, max=0)  # a short clip: start before it (left padding)
         high = torch.clamp(lengths - length, min=0)  # a long clip: start anywhere the window fits
+        if repeat_short:  # a short clip: start at any of its samples (a random phase of the repetition)
+            low = torch.where(lengths < length, torch.zeros_like(low), low)
+            high = torch.where(lengths < length, lengths - 1, high)
         u = torch.rand(len(lengths), generator=generator, device="cpu" if generator is not None else lengths.device)
         span = high - low
         starts = low + torch.minimum((u.to(lengths.device) * (span + 1).float()).long(), span)
-        return self.windows(clips, starts, length)
+        return self.windows(clips, starts, length, repeat_short)
 
-    def evaluation_windows(self, clips: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluation_windows(self, clips: torch.Tensor, length: int,
+                           repeat_short: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``predict``'s windows of each clip: starts 0, length, 2 length, ... until one reaches the end.
 
         Returns (owner row in ``clips`` per window, start per window, weight per window). The weight is the
-        share of the window that is real audio, as ``Bundle.predict_windows`` weighs a zero-padded last window.
+        share of the window that is real audio, as ``Bundle.predict_windows`` weighs a zero-padded last window
+        (1 for a short clip's one window under ``repeat_short``: it is all audio).
         """
         lengths = self.lengths[clips.to(self.lengths.device)]
         counts = torch.clamp((lengths + length - 1) // length, min=1)  # = audio.num_windows(n, length) with hop=length
@@ -92,6 +104,8 @@ class RaggedWaveforms:
         position = torch.arange(int(counts.sum()), device=lengths.device) - first[owner]
         starts = position * length
         weight = (lengths[owner] - starts).clamp(max=length).float() / length
+        if repeat_short:
+            weight = torch.where(lengths[owner] < length, torch.ones_like(weight), weight)
         return owner, starts, weight
 
 

@@ -86,11 +86,12 @@ class WindowedSpectrograms:
         self.extractor = build_features(cfg.features).to(device)
         self.audio = clips.ragged.to(device)
         self.window = int(clips.window_samples)
+        self.repeat_short = cfg.dataset.short_clips == "repeat"
         self.num_bins = self[torch.zeros(1, dtype=torch.long, device=device)].shape[2]
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.extractor(self.audio.random_crops(index, self.window))
+            return self.extractor(self.audio.random_crops(index, self.window, repeat_short=self.repeat_short))
 
     def batches(self, index: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         for chunk in index.split(batch_size):
@@ -98,10 +99,11 @@ class WindowedSpectrograms:
 
     def windows(self, index: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(spectrograms, owner: position in ``index``, weight: share of real audio) per batch of windows."""
-        owner, starts, weight = self.audio.evaluation_windows(index, self.window)
+        owner, starts, weight = self.audio.evaluation_windows(index, self.window, self.repeat_short)
         for chunk in torch.arange(len(owner), device=owner.device).split(batch_size):
             with torch.no_grad():
-                x = self.extractor(self.audio.windows(index[owner[chunk]], starts[chunk], self.window))
+                x = self.extractor(self.audio.windows(index[owner[chunk]], starts[chunk], self.window,
+                                                      self.repeat_short))
             yield x, owner[chunk], weight[chunk]
 
 

@@ -119,3 +119,33 @@ def test_fold_models_keeps_cpu_copies_of_fold_models_only(cfg):
     keeper.on_fold_end(type("R", (), {"fold": 3})(), resumed=True)
     keeper.on_fold_end(type("R", (), {"fold": 2})(), resumed=False)
     assert keeper.missing == [3]
+
+
+@pytest.mark.parametrize("short_clips", ["pad", "repeat"])
+def test_a_short_recording_is_filled_as_the_bundle_was_trained(cfg, tmp_path, short_clips):
+    """dataset.short_clips travels in the bundle: predict, the file path (predict_windows) and the
+    tagging app fill a recording shorter than a window the way training and evaluation did."""
+    from omegaconf import OmegaConf
+
+    from esc_sweep.app.tagging import tag_file
+    from esc_sweep.bundle.predictor import repeat_to
+
+    trained = OmegaConf.merge(cfg, {"dataset": {"variable_length": True, "short_clips": short_clips}})
+    bundle = load_bundle(save_bundle(tmp_path / "bundle", random_model(cfg, seed=5), trained, CLASSES))
+    assert bundle.repeats_short_clips == (short_clips == "repeat")
+    torch.manual_seed(2)
+    short = 0.1 * torch.randn(1, bundle.clip_samples // 3 + 7)
+    filled = (repeat_to(short, bundle.clip_samples) if short_clips == "repeat"
+              else torch.nn.functional.pad(short, (0, bundle.clip_samples - short.shape[1])))
+    expected = bundle.predict(filled)
+    assert torch.allclose(bundle.predict(short), expected, atol=1e-5)
+    windows = [torch.nn.functional.pad(short[0], (0, bundle.clip_samples - short.shape[1]))]  # as iter_windows
+    assert torch.allclose(bundle.predict_windows(windows, total_samples=short.shape[1]), expected[0], atol=1e-5)
+    import soundfile as sf
+
+    sf.write(tmp_path / "short.wav", short[0].numpy(), bundle.sample_rate, subtype="FLOAT")
+    assert torch.allclose(tag_file(bundle, tmp_path / "short.wav").probabilities, expected[0], atol=1e-4)
+    other = "pad" if short_clips == "repeat" else "repeat"  # and the two fillings do differ
+    plain = repeat_to(short, bundle.clip_samples) if other == "repeat" else torch.nn.functional.pad(
+        short, (0, bundle.clip_samples - short.shape[1]))
+    assert not torch.allclose(bundle.predict(plain), expected, atol=1e-4)

@@ -197,6 +197,34 @@ def test_random_crops_hold_the_whole_window_or_the_whole_short_clip(lengths, win
         assert torch.all(real[1:] - real[:-1] == 1) or n > 30000  # one contiguous stretch of the clip
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=8), st.integers(1, 1200), st.integers(0, 2**31 - 1))
+def test_repeated_short_clips_fill_the_window_with_the_clip_end_to_end(lengths, window, seed):
+    """dataset.short_clips=repeat: a short clip's crop is the clip repeated from a random sample of it;
+    a long clip's crop is as with padding; evaluation gives a short clip one all-audio window."""
+    torch.manual_seed(seed)
+    ragged = ragged_of(lengths)
+    clips = torch.arange(len(lengths))
+    x = (ragged.random_crops(clips, window, repeat_short=True) * 32767.0).round()
+    for row, n in zip(x, lengths):
+        if n >= window:
+            assert torch.all(row != 0) and torch.all(row[1:] - row[:-1] == 1)  # one stretch, no padding
+            continue
+        phase = int(row[0]) - 1
+        assert 0 <= phase < n
+        expected = (phase + torch.arange(window)) % n + 1  # sample value = 1 + position in the clip
+        assert torch.equal(row, expected.float())
+    owner, starts, weight = ragged.evaluation_windows(clips, window, repeat_short=True)
+    _, _, padded_weight = ragged.evaluation_windows(clips, window)
+    short = torch.tensor(lengths)[owner] < window
+    assert torch.all(weight[short] == 1) and torch.equal(weight[~short], padded_weight[~short])
+    first = (ragged.windows(clips, torch.zeros_like(clips), window, repeat_short=True) * 32767.0).round()
+    for row, n in zip(first, lengths):  # evaluation's window = predict's Bundle.fill_short of the clip
+        from esc_sweep.bundle.predictor import repeat_to
+        clip = torch.arange(n) % 30000 + 1
+        assert torch.equal(row, repeat_to(clip[None].float(), window)[0] if n < window else clip[:window].float())
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.integers(2, 9), st.integers(1, 40), st.integers(0, 2**31 - 1))
 def test_map_at_3_is_the_challenges_definition(classes, n, seed):
