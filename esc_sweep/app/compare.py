@@ -71,8 +71,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="a run folder (holding results.json) or an MLflow run id (or a unique prefix)")
     parser.add_argument("--rope", type=float, default=1.0,
                         help="region of practical equivalence, in percentage points (default 1.0)")
-    parser.add_argument("--metric", default="val_acc", choices=("val_acc", "val_f1", "val_acc_tta", "inner_acc"),
-                        help="the per-fold value compared (default val_acc: test-fold accuracy)")
+    parser.add_argument("--metric", default="val_acc",
+                        choices=("val_acc", "val_f1", "val_acc_tta", "val_map3", "inner_acc", "inner_map3"),
+                        help="the per-fold value compared (default val_acc: test-fold accuracy; val_map3: MAP@3, "
+                             "FSDKaggle2018's metric)")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     parser.add_argument("--tracking-uri", help="MLflow store for run ids (default: $MLFLOW_TRACKING_URI, "
                                                "else ./mlruns/mlflow.db)")

@@ -65,6 +65,13 @@ def test_two_run_folders_compare_paired_by_fold(runs):
     assert pair["n_pairs"] == 5 and pair["rope"] == 2.0 and pair["dataset_folds"] == 5
     assert "optimizer.lr=0.003" in pair["b"]["overrides"]
 
+    by_map3 = cli(cwd, "compare", str(run["a"]), str(run["b"]), "--format", "json", "--metric", "val_map3")
+    assert by_map3.returncode == 0, by_map3.stderr[-3000:]  # every run records MAP@3 per fold
+    (pair_map3,) = json.loads(by_map3.stdout)["comparisons"]
+    a3, b3 = ({(f["repeat"], f["fold"]): f["val_map3"] for f in json.loads((r / "results.json").read_text())["folds"]}
+              for r in (run["a"], run["b"]))
+    assert pair_map3["difference"] == pytest.approx(100 * (sum(b3.values()) - sum(a3.values())) / 5)
+
     text = cli(cwd, "compare", str(run["a"]), str(run["b"]))
     assert text.returncode == 0
     assert "95 % CI" in text.stdout and "P(A better)" in text.stdout and "verdict:" in text.stdout
