@@ -84,7 +84,8 @@ def measure(out: Path, rate: int, batches: int) -> dict:
     result["int16_buffer_mb"] = clips.ragged.nbytes / 2**20
     result["seconds_of_audio"] = clips.ragged.samples.numel() / rate
     cfg = OmegaConf.create({"features": OmegaConf.structured(FeaturesConfig(sample_rate=rate, hop_length=320)),
-                            "dataset": {"cache_dir": str(out / "cache")}, "trainer": {"progress": False}})
+                            "dataset": {"cache_dir": str(out / "cache"), "short_clips": "pad"},
+                            "trainer": {"progress": False}})
     source = WindowedSpectrograms(cfg, clips, torch.device("cpu"))
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(8), torch.nn.Flatten(), torch.nn.Linear(64, 5))
     for _ in range(batches):
@@ -123,15 +124,17 @@ def main() -> None:
 
     for stale in (args.out / "cache").glob("*"):
         stale.unlink()  # the first measurement decodes (cold); the second reads the cache (warm)
-    # A fresh process: the generator's own memory must not count.
-    line = subprocess.run([sys.executable, __file__, "--measure-only", "--out", str(args.out), "--rate",
-                           str(args.rate), "--batches", str(args.batches)], capture_output=True, text=True,
-                          check=True).stdout.strip().splitlines()[-1]
-    result = json.loads(line)
+    def measured() -> dict:
+        # A fresh process: the generator's own memory must not count.
+        done = subprocess.run([sys.executable, __file__, "--measure-only", "--out", str(args.out), "--rate",
+                               str(args.rate), "--batches", str(args.batches)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the measuring process failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    result = measured()
     peak = max(v for k, v in result.items() if k.endswith("_mb") and k != "int16_buffer_mb")
-    warm = json.loads(subprocess.run([sys.executable, __file__, "--measure-only", "--out", str(args.out), "--rate",
-                                      str(args.rate), "--batches", str(args.batches)], capture_output=True, text=True,
-                                     check=True).stdout.strip().splitlines()[-1])
+    warm = measured()
     result["warm_start"] = warm  # the second run: the int16 clips come from the cache (mmap)
     fsd_seconds = FSD_TRAIN_CLIPS * seconds / args.clips
     fsd_int16 = fsd_seconds * args.rate * 2 / 2**20

@@ -74,6 +74,7 @@ def test_real_esc50_end_to_end(tmp_path, esc50_root):
     assert len(fold["history"]) == 2
 
 
+@pytest.mark.slow  # 65 s; Ctrl-C resume is also covered by test_reliability and test_resume_mid_fold
 def test_kill_and_resume_skips_finished_folds_and_matches_an_uninterrupted_run(tmp_path):
     args = FAST_SYNTHETIC + ["tracking.enabled=false", "dataset.clip_seconds=1.0", "model.width=16",
                              "trainer.epochs=10", f"trainer.checkpoint_dir={tmp_path}/ck"]

@@ -167,6 +167,7 @@ def test_the_microphone_is_tagged_live(server, browser, tmp_path):
     wait(browser, lambda d: (shown_labels(d, "live-labels-0") or [("", 0)])[0][0] == "class_2")
 
 
+@pytest.mark.slow  # 100 s: a real model on real clips in the browser; the synthetic tests above cover the page
 def test_real_clip_upload_and_live_microphone(esc50_root, tmp_path_factory, tmp_path):
     """A real ESC-50 rooster through the page and through the fake microphone (and the docs' screenshots)."""
     from selenium.webdriver.common.by import By
