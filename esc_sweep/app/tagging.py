@@ -96,10 +96,10 @@ def _tag_file(bundle: Any, path: Path, name: str, max_seconds: float) -> FileTag
         rows.append(bundle.predict(torch.stack(batch)).double())  # a clip-length row is one window
         batch.clear()
 
-    for window in iter_windows(path, bundle.sample_rate, clip, max_seconds=max_seconds):
+    for index, window in enumerate(iter_windows(path, bundle.sample_rate, clip, max_seconds=max_seconds)):
         if len(kept) < shown_windows:
             kept.append(window)
-        batch.append(bundle.fill_short(window, total) if not rows and len(batch) == 0 else window)
+        batch.append(bundle.fill_short(window, total) if index == 0 else window)  # only a first window is short
         if len(batch) == WINDOW_BATCH:
             flush()
     if batch:
